@@ -1,0 +1,60 @@
+import Foundation
+import Hummingbird
+import Logging
+import PostgresNIO
+
+/// Something to run once migrations are applied and before the server accepts requests (e.g. seeding the demo).
+public typealias StartupStep = @Sendable (PostgresClient) async throws -> Void
+
+/// Builds the server: the router with its controllers, the Postgres client and housekeeping as services, and
+/// migrations applied before the server starts.
+public func buildApplication(
+    configuration: Configuration,
+    database endpoint: DatabaseEndpoint,
+    tokens: TokenAuthority,
+    logger: Logger,
+    afterMigrations: StartupStep? = nil
+) throws -> some ApplicationProtocol {
+    guard let folder = MigrationFile.locateFolder(configuration.migrationsDirectory) else {
+        throw MigrationError.folderUnreadable(configuration.migrationsDirectory ?? "./Migrations")
+    }
+    let migrations = try MigrationFile.load(from: folder)
+    let database = Database(endpoint: endpoint, poolSize: configuration.databasePoolSize, logger: logger)
+
+    let router = Router(context: AppRequestContext.self)
+    router.add(middleware: ErrorMiddleware())
+    HealthController(database: database, migrations: migrations).addRoutes(to: router)
+
+    let rest = router.group("rest/v1").add(middleware: AuthMiddleware(tokens: tokens))
+    for schema in TableSchema.exposed {
+        RowController(schema: schema, database: database, maxBodyBytes: configuration.maxBodyBytes).addRoutes(to: rest)
+    }
+    AdminController(database: database, maxBodyBytes: configuration.maxBodyBytes).addRoutes(to: rest)
+
+    var app = Application(
+        router: router,
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "realtime"),
+        services: [database.client, Maintenance(client: database.client, logger: logger)],
+        logger: logger
+    )
+    app.beforeServerStarts {
+        let applied = try await Migrator(files: migrations, logger: logger).migrate(client: database.client)
+        logger.info("migrations are up to date", metadata: ["applied_now": "\(applied.count)", "total": "\(migrations.count)"])
+        try await afterMigrations?(database.client)
+    }
+    return app
+}
+
+/// Applies the migrations to a database and returns the names applied now (for `realtime migrate`).
+public func runMigrations(configuration: Configuration, endpoint: DatabaseEndpoint, logger: Logger) async throws -> [String] {
+    guard let folder = MigrationFile.locateFolder(configuration.migrationsDirectory) else {
+        throw MigrationError.folderUnreadable(configuration.migrationsDirectory ?? "./Migrations")
+    }
+    let migrator = Migrator(files: try MigrationFile.load(from: folder), logger: logger)
+    let database = Database(endpoint: endpoint, poolSize: 2, logger: logger)
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { await database.client.run() }
+        defer { group.cancelAll() }
+        return try await migrator.migrate(client: database.client)
+    }
+}

@@ -1,0 +1,70 @@
+import Foundation
+import Logging
+
+/// Every setting of the server in one place, with defaults that work with no setup.
+///
+/// Each setting has a command-line flag and an environment variable; the README lists them all.
+public struct Configuration: Sendable {
+    /// `--host`, `REALTIME_HOST`
+    public var host = "127.0.0.1"
+    /// `--port`, `REALTIME_PORT`
+    public var port = 8080
+    /// `--log-level`, `REALTIME_LOG_LEVEL`
+    public var logLevel: Logger.Level = .info
+    /// `--database-url`, `DATABASE_URL`; nil runs the embedded PostgreSQL.
+    public var databaseURL: String?
+    /// `--data-dir`, `REALTIME_DATA_DIR`: the embedded cluster, its password and the generated JWT secret.
+    public var dataDirectory = ".realtime"
+    /// `--no-demo`, `REALTIME_NO_DEMO=1`: skip seeding demo data on the first embedded start.
+    public var seedDemo = true
+    /// `REALTIME_JWT_SECRET`; the embedded default generates one and keeps it in the data dir.
+    public var jwtSecret: String?
+    /// `--max-body-bytes`, `REALTIME_MAX_BODY_BYTES`
+    public var maxBodyBytes = 256 * 1024
+    /// `--db-pool-size`, `REALTIME_DB_POOL_SIZE`
+    public var databasePoolSize = 20
+    /// `--migrations-dir`, `REALTIME_MIGRATIONS_DIR`; by default found next to the checkout.
+    public var migrationsDirectory: String?
+
+    public init() {}
+
+    /// The settings named by environment variables, over the defaults.
+    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError)
+        -> Configuration
+    {
+        var configuration = Configuration()
+        if let value = environment["REALTIME_HOST"] { configuration.host = value }
+        if let value = environment["REALTIME_PORT"] { configuration.port = try int(value, "REALTIME_PORT", 0...65535) }
+        if let value = environment["REALTIME_LOG_LEVEL"] { configuration.logLevel = try level(value, "REALTIME_LOG_LEVEL") }
+        if let value = environment["DATABASE_URL"], !value.isEmpty { configuration.databaseURL = value }
+        if let value = environment["REALTIME_DATA_DIR"] { configuration.dataDirectory = value }
+        if let value = environment["REALTIME_NO_DEMO"] { configuration.seedDemo = !["1", "true", "yes"].contains(value.lowercased()) }
+        if let value = environment["REALTIME_JWT_SECRET"], !value.isEmpty { configuration.jwtSecret = value }
+        if let value = environment["REALTIME_MAX_BODY_BYTES"] {
+            configuration.maxBodyBytes = try int(value, "REALTIME_MAX_BODY_BYTES", 1024...(64 * 1024 * 1024))
+        }
+        if let value = environment["REALTIME_DB_POOL_SIZE"] { configuration.databasePoolSize = try int(value, "REALTIME_DB_POOL_SIZE", 1...500) }
+        if let value = environment["REALTIME_MIGRATIONS_DIR"] { configuration.migrationsDirectory = value }
+        return configuration
+    }
+
+    static func int(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let value = Int(text), range.contains(value) else {
+            throw ConfigurationError("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound); got '\(text)'.")
+        }
+        return value
+    }
+
+    public static func level(_ text: String, _ name: String) throws(ConfigurationError) -> Logger.Level {
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            throw ConfigurationError("\(name) must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")); got '\(text)'.")
+        }
+        return level
+    }
+}
+
+/// A setting that could not be understood.
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

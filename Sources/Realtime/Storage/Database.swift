@@ -1,0 +1,135 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// The server's access to PostgreSQL: a pool of connections, and transactions that run as the caller.
+public struct Database: Sendable {
+    public let client: PostgresClient
+    let logger: Logger
+
+    public init(endpoint: DatabaseEndpoint, poolSize: Int, logger: Logger) {
+        var configuration = PostgresClient.Configuration(
+            host: endpoint.host,
+            port: endpoint.port,
+            username: endpoint.username,
+            password: endpoint.password,
+            database: endpoint.database,
+            tls: Self.tls(endpoint.tls)
+        )
+        configuration.options.maximumConnections = poolSize
+        configuration.options.additionalStartupParameters = [("TimeZone", "UTC"), ("application_name", "realtime")]
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        self.logger = logger
+    }
+
+    private static func tls(_ mode: DatabaseEndpoint.TLSMode) -> PostgresClient.Configuration.TLS {
+        switch mode {
+        case .disable: .disable
+        case .prefer: .prefer(.makeClientConfiguration())
+        case .require: .require(.makeClientConfiguration())
+        }
+    }
+
+    /// Runs `body` in one transaction as the request role of `principal`, so that row-level security applies to every
+    /// statement in it, with `realtime.user_id` set for the policies and the stamping triggers.
+    ///
+    /// A serialization failure or deadlock is retried (up to three attempts in all); any other error rolls back.
+    public func withRequestTransaction<Result: Sendable>(
+        as principal: Principal,
+        _ body: (RequestTransaction) async throws -> Result
+    ) async throws -> Result {
+        var attempt = 1
+        while true {
+            do {
+                return try await transactionOnce(as: principal, body)
+            } catch let error as PSQLError where attempt < 3 && ["40001", "40P01"].contains(error.sqlState) {
+                attempt += 1
+                logger.debug("retrying a transaction after \(error.sqlState ?? "")", metadata: ["attempt": "\(attempt)"])
+            }
+        }
+    }
+
+    private func transactionOnce<Result: Sendable>(
+        as principal: Principal,
+        _ body: (RequestTransaction) async throws -> Result
+    ) async throws -> Result {
+        try await client.withConnection { connection in
+            try await connection.query("BEGIN", logger: logger)
+            do {
+                let role = principal.isService ? "realtime_service" : "realtime_authenticated"
+                let userID = principal.userID?.uuidString.lowercased() ?? ""
+                try await connection.query(
+                    """
+                    SELECT set_config('role', \(role), true), set_config('realtime.user_id', \(userID), true),
+                           set_config('realtime.principal', \(principal.key), true)
+                    """,
+                    logger: logger
+                )
+                let result = try await body(RequestTransaction(connection: connection, principal: principal, logger: logger))
+                try await connection.query("COMMIT", logger: logger)
+                return result
+            } catch {
+                do {
+                    try await connection.query("ROLLBACK", logger: logger)
+                } catch {
+                    logger.warning("rollback failed; closing the connection", metadata: ["error": "\(String(reflecting: error))"])
+                    connection.close().whenComplete { _ in }
+                }
+                throw error
+            }
+        }
+    }
+
+    /// Whether the database answers and every migration file is applied.
+    public func readiness(migrations: [MigrationFile]) async -> String? {
+        do {
+            let applied = try await Migrator.appliedVersions(client: client, logger: logger)
+            let missing = migrations.filter { applied[$0.version] == nil }
+            return missing.isEmpty ? nil : "\(missing.count) migration(s) not applied yet"
+        } catch {
+            return "the database is not reachable"
+        }
+    }
+}
+
+/// One request's transaction, running as the caller's role.
+public struct RequestTransaction: Sendable {
+    public let connection: PostgresConnection
+    public let principal: Principal
+    let logger: Logger
+
+    /// Runs a statement and returns its rows.
+    @discardableResult
+    public func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
+        var rows: [PostgresRow] = []
+        for try await row in try await connection.query(query, logger: logger) { rows.append(row) }
+        return rows
+    }
+
+    /// Runs a statement that returns one text column and collects its values.
+    public func texts(_ query: PostgresQuery) async throws -> [String] {
+        var texts: [String] = []
+        for try await text in try await connection.query(query, logger: logger).decode(String.self) { texts.append(text) }
+        return texts
+    }
+
+    /// The caller's branch memberships (empty for the service role, which needs none).
+    public func memberships() async throws -> Memberships {
+        guard case .user(let userID) = principal else { return Memberships() }
+        var roles: [UUID: MemberRole] = [:]
+        let rows = try await connection.query(
+            "SELECT branch_id, role FROM branch_member WHERE user_id = \(userID)",
+            logger: logger
+        )
+        for try await (branch, role) in rows.decode((UUID, String).self) {
+            if let role = MemberRole(rawValue: role) { roles[branch] = role }
+        }
+        return Memberships(roles)
+    }
+}
+
+extension PSQLError {
+    /// The SQLSTATE code the server sent, e.g. `23505`.
+    var sqlState: String? { serverInfo?[.sqlState] }
+}

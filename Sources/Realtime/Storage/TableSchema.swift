@@ -1,0 +1,186 @@
+/// The SQL type of a column, as far as the API needs to know it.
+public enum ColumnKind: Sendable, Equatable {
+    case uuid
+    case text
+    case timestamp
+    case date
+    case integer
+    /// Text limited to a fixed set of values.
+    case oneOf([String])
+
+    /// The PostgreSQL type name used to cast bound parameters.
+    var sqlType: String {
+        switch self {
+        case .uuid: "uuid"
+        case .text, .oneOf: "text"
+        case .timestamp: "timestamptz"
+        case .date: "date"
+        case .integer: "bigint"
+        }
+    }
+}
+
+/// One column of a table exposed by the API.
+public struct Column: Sendable {
+    /// How a write may touch this column.
+    public enum Writability: Sendable {
+        /// Set by the server or the database only.
+        case readOnly
+        /// Accepted when the row is created; fixed afterwards.
+        case onCreate
+        /// Accepted on create and on update.
+        case always
+    }
+
+    public var name: String
+    public var kind: ColumnKind
+    public var nullable: Bool
+    public var writability: Writability
+    /// Must be present in a create body.
+    public var requiredOnCreate: Bool
+
+    public init(_ name: String, _ kind: ColumnKind, nullable: Bool = false, _ writability: Writability = .readOnly, required: Bool = false) {
+        self.name = name
+        self.kind = kind
+        self.nullable = nullable
+        self.writability = writability
+        self.requiredOnCreate = required
+    }
+}
+
+/// A column whose value names a row of another table in the same branch.
+public struct Reference: Sendable {
+    public var column: String
+    public var table: String
+    /// The error when the referenced row lives in another branch.
+    public var otherBranchError: APIError
+}
+
+/// A table as the API exposes it: its columns, what may be written, and how its rows find their branch.
+public struct TableSchema: Sendable {
+    /// The SQL table name, e.g. `client_card`.
+    public var table: String
+    /// The URL path segment, e.g. `client_cards`.
+    public var path: String
+    public var resource: Resource
+    public var columns: [Column]
+    /// References to rows that fix this row's branch; on create, branch_id may be derived from them.
+    public var references: [Reference]
+    /// Whether the API accepts writes (status history is read-only).
+    public var writable: Bool
+    /// Columns of which a new row must set exactly one (an attachment's parent).
+    public var exactlyOneOf: [String] = []
+
+    public func column(_ name: String) -> Column? { columns.first { $0.name == name } }
+
+    /// The status values of a task.
+    public static let taskStatuses = ["taken", "done", "posted", "edited"]
+
+    private static let stamps: [Column] = [
+        Column("created_at", .timestamp),
+        Column("updated_at", .timestamp, .always),
+        Column("updated_by", .uuid, nullable: true),
+    ]
+
+    public static let plan = TableSchema(
+        table: "plan",
+        path: "plans",
+        resource: .plan,
+        columns: [
+            Column("id", .uuid, .onCreate),
+            Column("branch_id", .uuid, .onCreate, required: true),
+            Column("title", .text, .always, required: true),
+            Column("period_start", .date, .always, required: true),
+            Column("period_end", .date, .always, required: true),
+        ] + stamps,
+        references: [],
+        writable: true
+    )
+
+    public static let task = TableSchema(
+        table: "task",
+        path: "tasks",
+        resource: .task,
+        columns: [
+            Column("id", .uuid, .onCreate),
+            Column("branch_id", .uuid, .onCreate),
+            Column("plan_id", .uuid, .always, required: true),
+            Column("title", .text, .always, required: true),
+            Column("starts_at", .timestamp, .always, required: true),
+            Column("ends_at", .timestamp, .always, required: true),
+            Column("status", .oneOf(taskStatuses), .always),
+            Column("client_card_id", .uuid, nullable: true, .always),
+        ] + stamps,
+        references: [
+            Reference(column: "plan_id", table: "plan", otherBranchError: .planInOtherBranch),
+            Reference(
+                column: "client_card_id",
+                table: "client_card",
+                otherBranchError: .invalidReference("The client card belongs to another branch than the task.")
+            ),
+        ],
+        writable: true
+    )
+
+    public static let clientCard = TableSchema(
+        table: "client_card",
+        path: "client_cards",
+        resource: .clientCard,
+        columns: [
+            Column("id", .uuid, .onCreate),
+            Column("branch_id", .uuid, .onCreate, required: true),
+            Column("name", .text, .always, required: true),
+            Column("phone", .text, nullable: true, .always),
+            Column("notes", .text, nullable: true, .always),
+        ] + stamps,
+        references: [],
+        writable: true
+    )
+
+    public static let attachment = TableSchema(
+        table: "attachment",
+        path: "attachments",
+        resource: .attachment,
+        columns: [
+            Column("id", .uuid, .onCreate),
+            Column("branch_id", .uuid, .onCreate),
+            Column("plan_id", .uuid, nullable: true, .onCreate),
+            Column("task_id", .uuid, nullable: true, .onCreate),
+            Column("client_card_id", .uuid, nullable: true, .onCreate),
+            Column("file_name", .text, .always, required: true),
+            Column("content_type", .text, .always, required: true),
+            Column("byte_size", .integer, .always, required: true),
+            Column("storage_url", .text, .always, required: true),
+        ] + stamps,
+        references: ["plan", "task", "client_card"].map {
+            Reference(
+                column: "\($0)_id",
+                table: $0,
+                otherBranchError: .invalidReference("An attachment's parent must be in the attachment's branch.")
+            )
+        },
+        writable: true,
+        exactlyOneOf: ["plan_id", "task_id", "client_card_id"]
+    )
+
+    public static let statusHistory = TableSchema(
+        table: "status_history",
+        path: "status_history",
+        resource: .statusHistory,
+        columns: [
+            Column("id", .uuid),
+            Column("branch_id", .uuid),
+            Column("plan_id", .uuid),
+            Column("task_id", .uuid),
+            Column("from_status", .oneOf(taskStatuses), nullable: true),
+            Column("to_status", .oneOf(taskStatuses)),
+            Column("changed_at", .timestamp),
+            Column("changed_by", .uuid, nullable: true),
+        ] + stamps,
+        references: [],
+        writable: false
+    )
+
+    /// The tables served under `/rest/v1/<path>` by the generic row controller.
+    public static let exposed: [TableSchema] = [plan, task, clientCard, attachment, statusHistory]
+}

@@ -1,0 +1,235 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import Realtime
+
+@main
+struct RealtimeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "realtime",
+        abstract: "A realtime server for the planning app: policy-checked REST over PostgreSQL.",
+        subcommands: [Serve.self, Migrate.self, Token.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// The settings shared by `serve` and `migrate`; each flag overrides its environment variable.
+struct ServerOptions: ParsableArguments {
+    @Option(help: "PostgreSQL URL (env DATABASE_URL). Without it, an embedded PostgreSQL runs under --data-dir.")
+    var databaseURL: String?
+
+    @Option(help: "Folder of the embedded PostgreSQL and generated secrets (env REALTIME_DATA_DIR, default .realtime).")
+    var dataDir: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env REALTIME_LOG_LEVEL, default info).")
+    var logLevel: String?
+
+    @Option(help: "Folder of the numbered SQL migrations (env REALTIME_MIGRATIONS_DIR, default ./Migrations).")
+    var migrationsDir: String?
+
+    func configuration() throws -> Configuration {
+        var configuration = try Configuration.fromEnvironment()
+        if let databaseURL { configuration.databaseURL = databaseURL }
+        if let dataDir { configuration.dataDirectory = dataDir }
+        if let logLevel { configuration.logLevel = try Configuration.level(logLevel, "--log-level") }
+        if let migrationsDir { configuration.migrationsDirectory = migrationsDir }
+        return configuration
+    }
+}
+
+/// The database to use: the given URL, or the embedded cluster (started here, stopped by `stop`).
+struct DatabaseChoice {
+    var endpoint: DatabaseEndpoint
+    var embedded: EmbeddedPostgres?
+
+    static func open(_ configuration: Configuration, logger: Logger) async throws -> DatabaseChoice {
+        if let url = configuration.databaseURL {
+            return DatabaseChoice(endpoint: try DatabaseEndpoint(url: url), embedded: nil)
+        }
+        let embedded = EmbeddedPostgres(directory: configuration.dataDirectory, logger: logger)
+        return DatabaseChoice(endpoint: try await embedded.start(), embedded: embedded)
+    }
+
+    func stop() async {
+        do {
+            try await embedded?.stop()
+        } catch {
+            FileHandle.standardError.write(Data("realtime: stopping the embedded PostgreSQL failed: \(error)\n".utf8))
+        }
+    }
+}
+
+func makeLogger(_ level: Logger.Level) -> Logger {
+    var logger = Logger(label: "realtime")
+    logger.logLevel = level
+    return logger
+}
+
+/// Runs a command body, printing a setup error as one clear line instead of a stack of types.
+func reportingErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as any CustomStringConvertible & Error {
+        FileHandle.standardError.write(Data("realtime: \(error.description)\n".utf8))
+        throw ExitCode.failure
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the server (embedded PostgreSQL unless --database-url is given).")
+
+    @OptionGroup var options: ServerOptions
+
+    @Option(help: "Address to listen on (env REALTIME_HOST, default 127.0.0.1).")
+    var host: String?
+
+    @Option(help: "Port to listen on (env REALTIME_PORT, default 8080).")
+    var port: Int?
+
+    @Flag(help: "Do not seed demo data on the first embedded start (env REALTIME_NO_DEMO=1).")
+    var noDemo = false
+
+    @Option(help: "Largest accepted request body in bytes (env REALTIME_MAX_BODY_BYTES, default 262144).")
+    var maxBodyBytes: Int?
+
+    @Option(help: "Connections to PostgreSQL in the pool (env REALTIME_DB_POOL_SIZE, default 20).")
+    var dbPoolSize: Int?
+
+    func run() async throws {
+        try await reportingErrors {
+            var configuration = try options.configuration()
+            if let host { configuration.host = host }
+            if let port { configuration.port = port }
+            if noDemo { configuration.seedDemo = false }
+            if let maxBodyBytes { configuration.maxBodyBytes = maxBodyBytes }
+            if let dbPoolSize { configuration.databasePoolSize = dbPoolSize }
+            try await serve(configuration)
+        }
+    }
+
+    private func serve(_ configuration: Configuration) async throws {
+        let logger = makeLogger(configuration.logLevel)
+        let secret: String
+        if let configured = configuration.jwtSecret {
+            secret = configured
+        } else if configuration.databaseURL == nil {
+            secret = try SecretFile.loadOrCreate(at: configuration.dataDirectory + "/jwt-secret")
+        } else {
+            throw ConfigurationError("REALTIME_JWT_SECRET must be set when --database-url is given (every node needs the same secret).")
+        }
+        let tokens = await TokenAuthority(secret: secret)
+        let database = try await DatabaseChoice.open(configuration, logger: logger)
+        let embedded = database.embedded != nil
+        let url = "http://\(configuration.host):\(configuration.port)"
+        let seedDemo = embedded && configuration.seedDemo
+        do {
+            let app = try buildApplication(
+                configuration: configuration,
+                database: database.endpoint,
+                tokens: tokens,
+                logger: logger,
+                afterMigrations: { client in
+                    guard seedDemo else { return }
+                    try await DemoData.seedIfEmpty(client: client, logger: logger)
+                    try await printDemoTokens(tokens: tokens, url: url, dataDirectory: configuration.dataDirectory)
+                }
+            )
+            try await app.runService()
+        } catch {
+            await database.stop()
+            throw error
+        }
+        await database.stop()
+    }
+
+    /// Prints the URL and a ready token for each demo user, and keeps them in `<data-dir>/demo-tokens.env` (mode 0600).
+    private func printDemoTokens(tokens: TokenAuthority, url: String, dataDirectory: String) async throws {
+        var lines = ["REALTIME_URL=\(url)"]
+        var report = "\nRealtime is running at \(url) with demo data (branch \(DemoData.branchID.uuidString.lowercased())).\n"
+        for user in DemoData.users {
+            let token = try await tokens.issue(subject: user.id.uuidString.lowercased(), role: .authenticated, lifetime: 7 * 24 * 3600)
+            lines.append("\(user.role.rawValue.uppercased())_TOKEN=\(token)")
+            report += "  \(user.role.rawValue) \(user.id.uuidString.lowercased()):\n    \(token)\n"
+        }
+        let service = try await tokens.issue(subject: "service", role: .serviceRole, lifetime: 7 * 24 * 3600)
+        lines.append("SERVICE_TOKEN=\(service)")
+        report += "  service_role (scripts only, never in a browser):\n    \(service)\n"
+        let file = dataDirectory + "/demo-tokens.env"
+        _ = FileManager.default.createFile(
+            atPath: file, contents: Data((lines.joined(separator: "\n") + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        report += "These tokens are also in \(file) (valid 7 days): `. \(file)` sets them as shell variables.\n"
+        print(report)
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply the SQL migrations and exit.")
+
+    @OptionGroup var options: ServerOptions
+
+    func run() async throws {
+        try await reportingErrors {
+            let configuration = try options.configuration()
+            let logger = makeLogger(configuration.logLevel)
+            let database = try await DatabaseChoice.open(configuration, logger: logger)
+            do {
+                let applied = try await runMigrations(configuration: configuration, endpoint: database.endpoint, logger: logger)
+                print(applied.isEmpty ? "Migrations are up to date." : "Applied: \(applied.joined(separator: ", "))")
+            } catch {
+                await database.stop()
+                throw error
+            }
+            await database.stop()
+        }
+    }
+}
+
+struct Token: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a signed token (HS256) for a user or the service role.")
+
+    @Option(help: "The user id (uuid) the token speaks for.")
+    var sub: String
+
+    @Option(help: "authenticated (default) or service_role.")
+    var role: String = "authenticated"
+
+    @Option(help: "Lifetime, e.g. 30m, 1h, 7d (default 1h).")
+    var ttl: String = "1h"
+
+    @Option(help: "Data dir holding the embedded default's jwt-secret (env REALTIME_DATA_DIR, default .realtime); REALTIME_JWT_SECRET wins.")
+    var dataDir: String?
+
+    func run() async throws {
+        try await reportingErrors {
+            guard let role = TokenClaims.Role(rawValue: role) else { throw ConfigurationError("--role must be authenticated or service_role.") }
+            if role == .authenticated, UUID(uuidString: sub) == nil { throw ConfigurationError("--sub must be a user id (uuid).") }
+            guard let lifetime = Self.seconds(ttl) else { throw ConfigurationError("--ttl must look like 90s, 30m, 1h or 7d.") }
+            var configuration = try Configuration.fromEnvironment()
+            if let dataDir { configuration.dataDirectory = dataDir }
+            let secret: String
+            if let configured = configuration.jwtSecret {
+                secret = configured
+            } else {
+                let path = configuration.dataDirectory + "/jwt-secret"
+                guard FileManager.default.fileExists(atPath: path) else {
+                    throw ConfigurationError("No REALTIME_JWT_SECRET and no \(path): start the server once or set the secret.")
+                }
+                secret = try SecretFile.loadOrCreate(at: path)
+            }
+            let tokens = await TokenAuthority(secret: secret)
+            print(try await tokens.issue(subject: sub.lowercased(), role: role, lifetime: lifetime))
+        }
+    }
+
+    static func seconds(_ text: String) -> TimeInterval? {
+        guard let unit = text.last, let amount = Double(text.dropLast()), amount > 0 else { return nil }
+        switch unit {
+        case "s": return amount
+        case "m": return amount * 60
+        case "h": return amount * 3600
+        case "d": return amount * 86400
+        default: return nil
+        }
+    }
+}
