@@ -10,22 +10,30 @@
 --   status history is written only by a change of a task's status (the trigger below);
 --   admins manage the members of their branch.
 
+-- Roles belong to the whole cluster, so another database's migration may create them at the
+-- same moment: a duplicate is fine.
 DO $roles$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'realtime_authenticated') THEN
+    BEGIN
         CREATE ROLE realtime_authenticated NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'realtime_service') THEN
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END;
+    BEGIN
         CREATE ROLE realtime_service NOLOGIN NOINHERIT BYPASSRLS;
-    END IF;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END;
 END
 $roles$;
 
--- The connecting role switches to the request roles with SET ROLE.
+-- The connecting role switches to the request roles with SET ROLE (a superuser already may).
 DO $membership$
 BEGIN
-    EXECUTE format('GRANT realtime_authenticated TO %I', current_user);
-    EXECUTE format('GRANT realtime_service TO %I', current_user);
+    IF NOT pg_has_role(current_user, 'realtime_authenticated', 'MEMBER') THEN
+        EXECUTE format('GRANT realtime_authenticated TO %I', current_user);
+    END IF;
+    IF NOT pg_has_role(current_user, 'realtime_service', 'MEMBER') THEN
+        EXECUTE format('GRANT realtime_service TO %I', current_user);
+    END IF;
 END
 $membership$;
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import Logging
+import PostgresNIO
 import Realtime
 
 @main
@@ -70,6 +71,10 @@ func makeLogger(_ level: Logger.Level) -> Logger {
 func reportingErrors(_ body: () async throws -> Void) async throws {
     do {
         try await body()
+    } catch let error as PSQLError {
+        let message = error.serverInfo?[.message] ?? String(reflecting: error)
+        FileHandle.standardError.write(Data("realtime: database error: \(message)\n".utf8))
+        throw ExitCode.failure
     } catch let error as any CustomStringConvertible & Error {
         FileHandle.standardError.write(Data("realtime: \(error.description)\n".utf8))
         throw ExitCode.failure
@@ -160,6 +165,7 @@ struct Serve: AsyncParsableCommand {
             atPath: file, contents: Data((lines.joined(separator: "\n") + "\n").utf8), attributes: [.posixPermissions: 0o600])
         report += "These tokens are also in \(file) (valid 7 days): `. \(file)` sets them as shell variables.\n"
         print(report)
+        fflush(stdout)
     }
 }
 

@@ -3,13 +3,13 @@ import Logging
 import PostgresNIO
 import Testing
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 @testable import Realtime
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 @Suite struct EmbeddedPostgresTests {
     // MARK: - The shared test cluster
@@ -115,6 +115,10 @@ import Darwin
             #expect(try Self.permissions(postgres.passwordFile) == 0o600)
             #expect(try Self.owner(postgres.passwordFile) == geteuid())
             #expect(try Self.permissions(postgres.clusterDirectory) == 0o700)
+            if geteuid() == 0 {
+                // initdb refuses root: the cluster belongs to an unprivileged user, the password stays root's.
+                #expect(try Self.owner(postgres.clusterDirectory) != 0)
+            }
             #expect(try await postgres.isRunning())
             #expect(try await Self.select1(first) == 1)
 
@@ -138,6 +142,17 @@ import Darwin
         }
         let log = try String(contentsOfFile: postgres.logFile, encoding: .utf8)
         #expect(log.contains("database system is ready to accept connections"))
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "only root hands the cluster to another user"))
+    func refusesADataDirectoryTheServerUserCannotEnter() async throws {
+        let closed = TestCluster.makeScratchDirectory() + "/closed"
+        try FileManager.default.createDirectory(atPath: closed, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        let postgres = EmbeddedPostgres(directory: closed + "/data", logger: TestCluster.logger)
+        let error = await #expect(throws: EmbeddedPostgresError.self) { try await postgres.start() }
+        let description = try #require(error?.description)
+        #expect(description.contains("cannot enter \(closed)"))
+        #expect(description.contains("chmod o+x \(closed)"))
     }
 
     @Test func failsClearlyWhenTheClusterIsNotRunning() async throws {

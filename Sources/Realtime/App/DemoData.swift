@@ -55,8 +55,8 @@ public enum DemoData {
                     try await connection.query(
                         """
                         INSERT INTO task (branch_id, plan_id, title, starts_at, ends_at, status, updated_by)
-                        VALUES (\(branchID), \(planID), \(title), date_trunc('day', now()) + make_interval(hours => \(hour)),
-                                date_trunc('day', now()) + make_interval(hours => \(hour + 2)), \(status), \(users[1].id))
+                        VALUES (\(branchID), \(planID), \(title), date_trunc('day', now()) + make_interval(hours => \(hour)::int),
+                                date_trunc('day', now()) + make_interval(hours => \(hour + 2)::int), \(status), \(users[1].id))
                         """,
                         logger: logger
                     )

@@ -140,7 +140,7 @@ public struct ListQuery: Sendable, Equatable {
         return values
     }
 
-    /// Cheap checks of a filter value; PostgreSQL parses timestamps and dates, and a bad one is reported as 400 too.
+    /// Checks a filter value's shape; what PostgreSQL still refuses (e.g. month 13) is reported as 400 too.
     static func check(_ value: String, for column: Column) throws(APIError) {
         switch column.kind {
         case .uuid:
@@ -151,7 +151,13 @@ public struct ListQuery: Sendable, Equatable {
             guard allowed.contains(value) else {
                 throw .invalidFilter("'\(value)' is not one of \(allowed.joined(separator: ", ")) (column \(column.name)).")
             }
-        case .text, .timestamp, .date:
+        case .timestamp:
+            guard ISO8601Text.isTimestamp(value) else {
+                throw .invalidFilter("'\(value)' is not an ISO-8601 timestamp with a time zone (column \(column.name)).")
+            }
+        case .date:
+            guard ISO8601Text.isDate(value) else { throw .invalidFilter("'\(value)' is not a date, YYYY-MM-DD (column \(column.name)).") }
+        case .text:
             break
         }
     }

@@ -1,13 +1,14 @@
+import Dispatch
 import Foundation
 import Logging
 import PostgresNIO
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A PostgreSQL cluster that the server creates, configures, starts and stops itself, kept in its data directory.
@@ -105,7 +106,9 @@ public struct EmbeddedPostgres: Sendable {
             return
         }
         let result = try await runner.run(installation.pgCtl, ["stop", "-D", clusterDirectory, "-m", "fast", "-w", "-t", "60"])
-        guard result.status == 0 else { throw EmbeddedPostgresError.commandFailed(command: "pg_ctl stop", status: result.status, output: result.errorText) }
+        guard result.status == 0 else {
+            throw EmbeddedPostgresError.commandFailed(command: "pg_ctl stop", status: result.status, output: result.errorText)
+        }
         logger.info("stopped PostgreSQL", metadata: ["postgres.directory": "\(clusterDirectory)"])
     }
 
@@ -115,7 +118,8 @@ public struct EmbeddedPostgres: Sendable {
         guard let installation = try? self.installation ?? PostgresInstallation.locate() else { return }
         let account: ServerAccount?
         do { account = try ServerAccount.existing(clusterDirectory: clusterDirectory) } catch { return }
-        _ = try? ProgramRunner(account: account).runBlocking(installation.pgCtl, ["stop", "-D", clusterDirectory, "-m", "immediate", "-w", "-t", "30"])
+        _ = try? ProgramRunner(account: account).runBlocking(
+            installation.pgCtl, ["stop", "-D", clusterDirectory, "-m", "immediate", "-w", "-t", "30"])
     }
 
     /// Whether the cluster is running, as `pg_ctl status` tells.
@@ -163,10 +167,12 @@ public struct EmbeddedPostgres: Sendable {
     }
 
     static func validateDatabaseName(_ name: String) throws(EmbeddedPostgresError) {
-        let allowed = (1...63).contains(name.utf8.count) && name.utf8.allSatisfy { byte in
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
-                || byte == UInt8(ascii: "_")
-        }
+        let allowed =
+            (1...63).contains(name.utf8.count)
+            && name.utf8.allSatisfy { byte in
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                    || byte == UInt8(ascii: "_")
+            }
         guard allowed else { throw .invalidDatabaseName(name) }
     }
 
@@ -198,7 +204,9 @@ public struct EmbeddedPostgres: Sendable {
                 "--encoding=UTF8", "--locale=C",
             ]
         )
-        guard result.status == 0 else { throw EmbeddedPostgresError.commandFailed(command: "initdb", status: result.status, output: result.errorText) }
+        guard result.status == 0 else {
+            throw EmbeddedPostgresError.commandFailed(command: "initdb", status: result.status, output: result.errorText)
+        }
 
         let configuration = clusterDirectory + "/postgresql.conf"
         let include = "\n# Settings for the Realtime server, rewritten at every start.\ninclude_if_exists = '\(Self.managedConfigurationName)'\n"
@@ -250,7 +258,8 @@ public struct EmbeddedPostgres: Sendable {
         if !FileManager.default.fileExists(atPath: logFile) {
             try writeFile(logFile, contents: "", mode: 0o600, owner: account)
         }
-        let version = (try? String(contentsOfFile: clusterDirectory + "/PG_VERSION", encoding: .utf8))?
+        let version =
+            (try? String(contentsOfFile: clusterDirectory + "/PG_VERSION", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         let attempts = 3
         for attempt in 1...attempts {
@@ -291,7 +300,9 @@ public struct EmbeddedPostgres: Sendable {
     private func runningPort() throws -> Int {
         let pidFile = clusterDirectory + "/postmaster.pid"
         guard FileManager.default.fileExists(atPath: pidFile) else { throw EmbeddedPostgresError.notRunning(clusterDirectory: clusterDirectory) }
-        guard let contents = try? String(contentsOfFile: pidFile, encoding: .utf8) else { throw EmbeddedPostgresError.unreadablePidFile(path: pidFile) }
+        guard let contents = try? String(contentsOfFile: pidFile, encoding: .utf8) else {
+            throw EmbeddedPostgresError.unreadablePidFile(path: pidFile)
+        }
         // Line 4 of postmaster.pid is the port.
         let lines = contents.split(separator: "\n", omittingEmptySubsequences: false)
         guard lines.count >= 4, let port = Int(lines[3].trimmingCharacters(in: .whitespaces)), port > 0 else {
@@ -439,16 +450,16 @@ public struct EmbeddedPostgres: Sendable {
         var generator = SystemRandomNumberGenerator()
         return (0..<count).map { _ in
             let byte = UInt8.random(in: .min ... .max, using: &generator)
-            return String(byte, radix: 16).leftPadded(to: 2)
+            return (byte < 16 ? "0" : "") + String(byte, radix: 16)
         }.joined()
     }
 
     /// A TCP port on 127.0.0.1 that is free right now: bound with port 0, read back, and released.
     static func freeLoopbackPort() throws(EmbeddedPostgresError) -> Int {
         #if os(Linux)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         #else
-        let fd = socket(AF_INET, SOCK_STREAM, 0)
+            let fd = socket(AF_INET, SOCK_STREAM, 0)
         #endif
         guard fd >= 0 else { throw .freePortUnavailable(reason: String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -467,12 +478,6 @@ public struct EmbeddedPostgres: Sendable {
         }
         guard named == 0 else { throw .freePortUnavailable(reason: String(cString: strerror(errno))) }
         return Int(UInt16(bigEndian: address.sin_port))
-    }
-}
-
-extension String {
-    fileprivate func leftPadded(to width: Int) -> String {
-        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }
 
@@ -622,15 +627,15 @@ struct ServerAccount: Sendable, Hashable {
 
     private static func groupList(name: String, gid: gid_t) -> [gid_t] {
         #if os(Linux)
-        var count: Int32 = 64
-        var groups = [gid_t](repeating: 0, count: Int(count))
-        if getgrouplist(name, gid, &groups, &count) == -1 {
-            groups = [gid_t](repeating: 0, count: Int(count))
-            guard getgrouplist(name, gid, &groups, &count) != -1 else { return [gid] }
-        }
-        return Array(groups.prefix(Int(count)))
+            var count: Int32 = 64
+            var groups = [gid_t](repeating: 0, count: Int(count))
+            if getgrouplist(name, gid, &groups, &count) == -1 {
+                groups = [gid_t](repeating: 0, count: Int(count))
+                guard getgrouplist(name, gid, &groups, &count) != -1 else { return [gid] }
+            }
+            return Array(groups.prefix(Int(count)))
         #else
-        return [gid]
+            return [gid]
         #endif
     }
 
@@ -668,10 +673,16 @@ struct FileStatus: Sendable, Hashable {
     }
 }
 
-/// Runs external programs (as `account` through `runuser` when given), capturing their output in temporary files.
+/// Runs external programs (as `account` through `runuser` when given), capturing their output.
+///
+/// Programs are spawned with `posix_spawn` rather than Foundation's `Process`: on Linux `Process` learns that a child exited
+/// when a socket it hands to the child is closed, and the postmaster that `pg_ctl start` leaves behind inherits that socket, so
+/// the start would only be reported once PostgreSQL stops. Here the child gets only standard input, output and error (every
+/// other descriptor is closed), and its exit is observed with `waitpid`.
 struct ProgramRunner: Sendable {
     /// What a program exited with and wrote.
     struct Result: Sendable {
+        /// The exit status, or 128 + the signal number when a signal ended it.
         var status: Int32
         var standardOutput: String
         var standardError: String
@@ -689,94 +700,182 @@ struct ProgramRunner: Sendable {
         directories.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
-    /// Runs the program and waits for it without blocking the caller's thread.
+    /// Runs the program and waits for it without blocking a thread (its exit is polled).
     func run(_ program: String, _ arguments: [String]) async throws -> Result {
-        let prepared = try prepare(program, arguments)
-        defer { prepared.cleanUp() }
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            prepared.process.terminationHandler = { process in continuation.resume(returning: process.terminationStatus) }
-            do {
-                try prepared.process.run()
-            } catch {
-                prepared.process.terminationHandler = nil
-                continuation.resume(throwing: EmbeddedPostgresError.launchFailed(program: program, reason: "\(error)"))
+        let child = try spawn(program, arguments)
+        var delay = 0.002
+        while true {
+            if let status = try child.reap(blocking: false) { return child.result(status: status) }
+            // Not Task.sleep: a cancelled task must still wait for its child rather than spin.
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                DispatchQueue.global().asyncAfter(deadline: .now() + delay) { continuation.resume() }
             }
+            delay = min(delay * 2, 0.05)
         }
-        return prepared.result(status: status)
     }
 
     /// Runs the program and blocks the calling thread until it exits; for exit handlers.
     func runBlocking(_ program: String, _ arguments: [String]) throws -> Result {
-        let prepared = try prepare(program, arguments)
-        defer { prepared.cleanUp() }
-        do {
-            try prepared.process.run()
-        } catch {
-            throw EmbeddedPostgresError.launchFailed(program: program, reason: "\(error)")
-        }
-        prepared.process.waitUntilExit()
-        return prepared.result(status: prepared.process.terminationStatus)
+        let child = try spawn(program, arguments)
+        guard let status = try child.reap(blocking: true) else { preconditionFailure("waitpid returned without a status") }
+        return child.result(status: status)
     }
 
-    private struct Prepared {
-        var process: Process
-        var outputPath: String
-        var errorPath: String
-        var handles: [FileHandle]
+    /// A spawned child and the (unlinked) files receiving its output.
+    private final class Child {
+        let pid: pid_t
+        let program: String
+        let output: Int32
+        let error: Int32
+
+        init(pid: pid_t, program: String, output: Int32, error: Int32) {
+            self.pid = pid
+            self.program = program
+            self.output = output
+            self.error = error
+        }
+
+        deinit {
+            close(output)
+            close(error)
+        }
+
+        /// The exit status once the child has exited; nil while it runs (only when not blocking).
+        func reap(blocking: Bool) throws(EmbeddedPostgresError) -> Int32? {
+            var status: Int32 = 0
+            while true {
+                let result = waitpid(pid, &status, blocking ? 0 : WNOHANG)
+                if result == pid { break }
+                if result == 0 { return nil }
+                if errno == EINTR { continue }
+                throw .launchFailed(program: program, reason: "waitpid: " + String(cString: strerror(errno)))
+            }
+            let signal = status & 0x7f
+            return signal == 0 ? (status >> 8) & 0xff : 128 + signal
+        }
 
         func result(status: Int32) -> Result {
-            Result(status: status, standardOutput: read(outputPath), standardError: read(errorPath))
+            Result(status: status, standardOutput: Self.contents(of: output), standardError: Self.contents(of: error))
         }
 
-        private func read(_ path: String) -> String {
-            guard let data = FileManager.default.contents(atPath: path) else { return "" }
+        private static func contents(of fd: Int32) -> String {
+            var data = [UInt8]()
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            var offset: off_t = 0
+            while data.count < 1 << 20 {
+                let count = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, offset) }
+                if count < 0, errno == EINTR { continue }
+                guard count > 0 else { break }
+                data.append(contentsOf: buffer[..<count])
+                offset += off_t(count)
+            }
             return String(decoding: data.suffix(16384), as: UTF8.self)
         }
-
-        func cleanUp() {
-            for handle in handles { try? handle.close() }
-            try? FileManager.default.removeItem(atPath: outputPath)
-            try? FileManager.default.removeItem(atPath: errorPath)
-        }
     }
 
-    private func prepare(_ program: String, _ arguments: [String]) throws -> Prepared {
-        let process = Process()
+    private func spawn(_ program: String, _ arguments: [String]) throws(EmbeddedPostgresError) -> Child {
+        let executable: String
+        var argv: [String]
         if let account {
             if let runuser = Self.findProgram("runuser", in: ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]) {
-                process.executableURL = URL(fileURLWithPath: runuser)
-                process.arguments = ["-u", account.name, "--", program] + arguments
+                executable = runuser
+                argv = [runuser, "-u", account.name, "--", program] + arguments
             } else if let setpriv = Self.findProgram("setpriv", in: ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]) {
-                process.executableURL = URL(fileURLWithPath: setpriv)
-                process.arguments = ["--reuid=\(account.uid)", "--regid=\(account.gid)", "--init-groups", "--", program] + arguments
+                executable = setpriv
+                argv = [setpriv, "--reuid=\(account.uid)", "--regid=\(account.gid)", "--init-groups", "--", program] + arguments
             } else {
-                throw EmbeddedPostgresError.noSystemUser(reason: "neither runuser nor setpriv was found to run \(program) as \(account.name)")
+                throw .noSystemUser(reason: "neither runuser nor setpriv was found to run \(program) as \(account.name)")
             }
         } else {
-            process.executableURL = URL(fileURLWithPath: program)
-            process.arguments = arguments
+            executable = program
+            argv = [program] + arguments
         }
         // Libpq and server variables from our environment must not redirect the programs to another cluster.
-        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("PG") }
-        // A directory every user may enter: the unprivileged user may not be able to stay in ours.
-        process.currentDirectoryURL = URL(fileURLWithPath: "/")
-        process.standardInput = FileHandle.nullDevice
+        let environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("PG") }.map { "\($0.key)=\($0.value)" }
 
-        // Files rather than pipes: a daemon started by the program (the postmaster) may inherit them and never close them.
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("realtime-\(UUID().uuidString)").path
-        let outputPath = base + ".out"
-        let errorPath = base + ".err"
-        guard FileManager.default.createFile(atPath: outputPath, contents: nil, attributes: [.posixPermissions: 0o600]),
-            FileManager.default.createFile(atPath: errorPath, contents: nil, attributes: [.posixPermissions: 0o600]),
-            let output = FileHandle(forWritingAtPath: outputPath),
-            let error = FileHandle(forWritingAtPath: errorPath)
-        else {
-            try? FileManager.default.removeItem(atPath: outputPath)
-            try? FileManager.default.removeItem(atPath: errorPath)
-            throw EmbeddedPostgresError.launchFailed(program: program, reason: "could not create files for its output in \(base)")
+        let output = try Self.makeOutputFile(for: program)
+        let error: Int32
+        do {
+            error = try Self.makeOutputFile(for: program)
+        } catch {
+            close(output)
+            throw error
         }
-        process.standardOutput = output
-        process.standardError = error
-        return Prepared(process: process, outputPath: outputPath, errorPath: errorPath, handles: [output, error])
+        var spawned = false
+        defer {
+            if !spawned {
+                close(output)
+                close(error)
+            }
+        }
+
+        #if canImport(Darwin)
+            var actions: posix_spawn_file_actions_t? = nil
+            var attributes: posix_spawnattr_t? = nil
+        #else
+            var actions = posix_spawn_file_actions_t()
+            var attributes = posix_spawnattr_t()
+        #endif
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, output, 1)
+        posix_spawn_file_actions_adddup2(&actions, error, 2)
+        #if canImport(Darwin)
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_CLOEXEC_DEFAULT))
+        #else
+            if let closeFrom = SpawnExtensions.addCloseFrom {
+                _ = closeFrom(&actions, 3)
+            } else {
+                for fd in Self.openDescriptors() where fd > 2 { posix_spawn_file_actions_addclose(&actions, fd) }
+            }
+            // A directory every user may enter: the unprivileged user may not be allowed into ours.
+            if let addChdir = SpawnExtensions.addChdir { _ = addChdir(&actions, "/") }
+        #endif
+
+        let cArguments = argv.map { strdup($0) } + [nil]
+        let cEnvironment = environment.map { strdup($0) } + [nil]
+        defer {
+            for pointer in cArguments { free(pointer) }
+            for pointer in cEnvironment { free(pointer) }
+        }
+        var pid = pid_t()
+        let status = posix_spawn(&pid, executable, &actions, &attributes, cArguments, cEnvironment)
+        guard status == 0 else { throw .launchFailed(program: executable, reason: String(cString: strerror(status))) }
+        spawned = true
+        return Child(pid: pid, program: program, output: output, error: error)
+    }
+
+    /// An anonymous file (created and unlinked at once) for a child's output; files rather than pipes so nothing can block.
+    private static func makeOutputFile(for program: String) throws(EmbeddedPostgresError) -> Int32 {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("realtime-\(UUID().uuidString)").path
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw .launchFailed(program: program, reason: "could not create \(path) for its output: " + String(cString: strerror(errno)))
+        }
+        unlink(path)
+        return fd
+    }
+
+    private static func openDescriptors() -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
     }
 }
+
+#if !canImport(Darwin)
+    /// glibc's `posix_spawn` extensions, which Swift does not import; looked up at run time (glibc 2.29 and 2.34).
+    private enum SpawnExtensions {
+        typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, UnsafePointer<CChar>?) -> Int32
+        typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32
+
+        static let addChdir: AddChdir? = dlsym(dlopen(nil, RTLD_NOW), "posix_spawn_file_actions_addchdir_np").map {
+            unsafeBitCast($0, to: AddChdir.self)
+        }
+        static let addCloseFrom: AddCloseFrom? = dlsym(dlopen(nil, RTLD_NOW), "posix_spawn_file_actions_addclosefrom_np").map {
+            unsafeBitCast($0, to: AddCloseFrom.self)
+        }
+    }
+#endif

@@ -43,8 +43,14 @@ struct RowValidator {
         switch (column.kind, value) {
         case (.uuid, .string(let text)):
             guard UUID(uuidString: text) != nil else { throw .invalidValue("\(column.name) must be a uuid; got '\(text)'.") }
-        case (.text, .string), (.timestamp, .string), (.date, .string):
+        case (.text, .string):
             return
+        case (.timestamp, .string(let text)):
+            guard ISO8601Text.isTimestamp(text) else {
+                throw .invalidValue("\(column.name) must be an ISO-8601 timestamp with a time zone, e.g. 2026-11-30T09:00:00Z; got '\(text)'.")
+            }
+        case (.date, .string(let text)):
+            guard ISO8601Text.isDate(text) else { throw .invalidValue("\(column.name) must be a date, YYYY-MM-DD; got '\(text)'.") }
         case (.integer, .integer):
             return
         case (.oneOf(let allowed), .string(let text)):
@@ -65,4 +71,13 @@ struct RowValidator {
         case .integer: "an integer"
         }
     }
+}
+
+/// Strict shapes of ISO-8601 dates and timestamps. PostgreSQL alone would also accept words such as `yesterday`.
+enum ISO8601Text {
+    nonisolated(unsafe) private static let timestamp = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}(:?\d{2})?)$/
+    nonisolated(unsafe) private static let date = /^\d{4}-\d{2}-\d{2}$/
+
+    static func isTimestamp(_ text: String) -> Bool { text.wholeMatch(of: timestamp) != nil }
+    static func isDate(_ text: String) -> Bool { text.wholeMatch(of: date) != nil }
 }

@@ -6,11 +6,11 @@ import Synchronization
 @testable import Realtime
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// One throwaway embedded PostgreSQL cluster per test process, started on first use and shared by all tests; each test
