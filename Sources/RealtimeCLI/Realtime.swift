@@ -164,8 +164,7 @@ struct Serve: AsyncParsableCommand {
         _ = FileManager.default.createFile(
             atPath: file, contents: Data((lines.joined(separator: "\n") + "\n").utf8), attributes: [.posixPermissions: 0o600])
         report += "These tokens are also in \(file) (valid 7 days): `. \(file)` sets them as shell variables.\n"
-        print(report)
-        fflush(stdout)
+        FileHandle.standardOutput.write(Data((report + "\n").utf8))
     }
 }
 

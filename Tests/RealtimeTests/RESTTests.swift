@@ -149,7 +149,8 @@ import Testing
                 .post,
                 "/rest/v1/tasks",
                 as: editor,
-                json: #"{"plan_id":"\#(plan)","title":"Visit","starts_at":"2026-11-30T09:00:00Z","ends_at":"2026-11-30T10:00:00Z","client_card_id":"\#(cardID)"}"#
+                json: #"{"plan_id":"\#(plan)","title":"Visit","starts_at":"2026-11-30T09:00:00Z","ends_at":"2026-11-30T10:00:00Z","#
+                    + #""client_card_id":"\#(cardID)"}"#
             )
             #expect(task.status == .created)
             #expect(task.string("client_card_id") == cardID)
@@ -158,7 +159,8 @@ import Testing
                 .post,
                 "/rest/v1/attachments",
                 as: editor,
-                json: #"{"client_card_id":"\#(cardID)","file_name":"id.pdf","content_type":"application/pdf","byte_size":1234,"storage_url":"s3://bucket/id.pdf"}"#
+                json: #"{"client_card_id":"\#(cardID)","file_name":"id.pdf","content_type":"application/pdf","byte_size":1234,"#
+                    + #""storage_url":"s3://bucket/id.pdf"}"#
             )
             #expect(attachment.status == .created)
             #expect(attachment.string("branch_id") == team.branch.uuidString.lowercased())
@@ -289,7 +291,7 @@ import Testing
                 ("/rest/v1/tasks", task(["created_at": "2026-01-01T00:00:00Z"]), "unknown_field"),
                 ("/rest/v1/tasks", task(["status": "lost"]), "invalid_value"),
                 ("/rest/v1/tasks", task(["title": 42]), "invalid_value"),
-                ("/rest/v1/tasks", #"{"plan_id":"\#(plan)","title":"T","starts_at":"2026-11-30T10:00:00Z","ends_at":"2026-11-30T09:00:00Z"}"#, "constraint_violation"),
+                ("/rest/v1/tasks", task(["starts_at": "2026-11-30T10:00:00Z", "ends_at": "2026-11-30T09:00:00Z"]), "constraint_violation"),
                 ("/rest/v1/tasks", #"{"plan_id":"\#(plan)","title":"T","starts_at":"2026-11-30T10:00:00Z"}"#, "missing_field"),
                 ("/rest/v1/tasks", task(["starts_at": "yesterday"]), "invalid_value"),
                 ("/rest/v1/tasks", task(["branch_id": other.branch.uuidString]), "plan_in_other_branch"),
@@ -297,9 +299,15 @@ import Testing
                 ("/rest/v1/tasks", task(["plan_id": UUID().uuidString]), "invalid_reference"),
                 ("/rest/v1/tasks", task(["title": String(repeating: "x", count: 501)]), "constraint_violation"),
                 ("/rest/v1/tasks", task(["title": "nul\u{0}byte"]), "invalid_value"),
-                ("/rest/v1/plans", #"{"branch_id":"\#(team.branch)","title":"P","period_start":"2026-12-06","period_end":"2026-11-30"}"#, "constraint_violation"),
+                (
+                    "/rest/v1/plans", #"{"branch_id":"\#(team.branch)","title":"P","period_start":"2026-12-06","period_end":"2026-11-30"}"#,
+                    "constraint_violation"
+                ),
                 ("/rest/v1/attachments", #"{"file_name":"a","content_type":"b","byte_size":1,"storage_url":"u"}"#, "constraint_violation"),
-                ("/rest/v1/attachments", #"{"plan_id":"\#(plan)","file_name":"a","content_type":"b","byte_size":1.5,"storage_url":"u"}"#, "invalid_value"),
+                (
+                    "/rest/v1/attachments", #"{"plan_id":"\#(plan)","file_name":"a","content_type":"b","byte_size":1.5,"storage_url":"u"}"#,
+                    "invalid_value"
+                ),
             ]
             for (path, body, code) in cases {
                 let reply = try await client.send(.post, path, as: editor, json: body)
