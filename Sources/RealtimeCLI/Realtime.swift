@@ -46,7 +46,9 @@ struct DatabaseChoice {
 
     static func open(_ configuration: Configuration, logger: Logger) async throws -> DatabaseChoice {
         if let url = configuration.databaseURL {
-            return DatabaseChoice(endpoint: try DatabaseEndpoint(url: url), embedded: nil)
+            let endpoint = try DatabaseEndpoint(url: url)
+            try await DatabaseProbe.waitUntilReachable(endpoint, logger: logger)
+            return DatabaseChoice(endpoint: endpoint, embedded: nil)
         }
         let embedded = EmbeddedPostgres(directory: configuration.dataDirectory, logger: logger)
         return DatabaseChoice(endpoint: try await embedded.start(), embedded: embedded)
@@ -123,7 +125,7 @@ struct Serve: AsyncParsableCommand {
         } else {
             throw ConfigurationError("REALTIME_JWT_SECRET must be set when --database-url is given (every node needs the same secret).")
         }
-        let tokens = await TokenAuthority(secret: secret)
+        let tokens = try await TokenAuthority(secret: secret)
         let database = try await DatabaseChoice.open(configuration, logger: logger)
         let embedded = database.embedded != nil
         let url = "http://\(configuration.host):\(configuration.port)"
@@ -222,7 +224,7 @@ struct Token: AsyncParsableCommand {
                 }
                 secret = try SecretFile.loadOrCreate(at: path)
             }
-            let tokens = await TokenAuthority(secret: secret)
+            let tokens = try await TokenAuthority(secret: secret)
             print(try await tokens.issue(subject: sub.lowercased(), role: role, lifetime: lifetime))
         }
     }

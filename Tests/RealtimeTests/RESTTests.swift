@@ -399,7 +399,7 @@ import Testing
             #expect(expiredReply.errorCode == "token_expired")
             #expect(expiredReply.headers[.wwwAuthenticate]?.contains("invalid_token") == true)
 
-            let foreign = await TokenAuthority(secret: "another-secret-another-secret-another")
+            let foreign = try await TokenAuthority(secret: "another-secret-another-secret-another-secret")
             let forged = try await foreign.issue(subject: user, role: .authenticated, lifetime: 60)
             #expect(try await withToken(forged).errorCode == "invalid_token")
 

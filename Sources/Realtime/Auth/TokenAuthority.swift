@@ -36,7 +36,13 @@ public struct TokenAuthority: Sendable {
 
     private let keys: JWTKeyCollection
 
-    public init(secret: String) async {
+    /// The shortest secret accepted: HS256 needs a key at least as long as its 32-byte hash.
+    public static let minimumSecretBytes = 32
+
+    public init(secret: String) async throws(ConfigurationError) {
+        guard secret.utf8.count >= Self.minimumSecretBytes else {
+            throw ConfigurationError("The JWT secret must be at least \(Self.minimumSecretBytes) bytes long (REALTIME_JWT_SECRET).")
+        }
         let keys = JWTKeyCollection()
         await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
         self.keys = keys

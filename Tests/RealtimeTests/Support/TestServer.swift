@@ -29,7 +29,7 @@ struct TestServer {
         logger.logLevel = .warning
         return TestServer(
             endpoint: try await TestCluster.freshDatabase(),
-            tokens: await TokenAuthority(secret: secret),
+            tokens: try await TokenAuthority(secret: secret),
             configuration: configuration,
             logger: logger
         )
