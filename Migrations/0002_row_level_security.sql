@@ -174,16 +174,17 @@ CREATE POLICY idempotency_key_own ON realtime.idempotency_key TO realtime_authen
     WITH CHECK (owner = current_setting('realtime.principal', true));
 
 -- Stamps updated_at and updated_by on every write, whoever the writer is: the server
--- passes its own updated_at (last-write-wins); another writer that leaves it unchanged gets now().
+-- passes its own updated_at (last-write-wins); another writer that leaves it unchanged gets the clock time.
+-- clock_timestamp(), not now(): taken under the row lock, so that a later change gets a later time.
 CREATE FUNCTION realtime.stamp_row() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
     IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
-        NEW.updated_at := now();
+        NEW.updated_at := clock_timestamp();
     END IF;
-    IF NEW.updated_at IS NULL OR NEW.updated_at > now() THEN
-        NEW.updated_at := now();
+    IF NEW.updated_at IS NULL OR NEW.updated_at > clock_timestamp() THEN
+        NEW.updated_at := clock_timestamp();
     END IF;
     NEW.updated_by := coalesce(realtime.current_user_id(), NEW.updated_by);
     RETURN NEW;
@@ -215,8 +216,12 @@ BEGIN
         END IF;
         previous := OLD.status;
     END IF;
-    INSERT INTO status_history (branch_id, plan_id, task_id, from_status, to_status, changed_at, changed_by, updated_by)
-    VALUES (NEW.branch_id, NEW.plan_id, NEW.id, previous, NEW.status, now(), NEW.updated_by, NEW.updated_by);
+    -- clock_timestamp(), not now(): this runs under the task's row lock, so history times follow the order of the
+    -- changes even when the transactions began in another order.
+    INSERT INTO status_history (branch_id, plan_id, task_id, from_status, to_status, changed_at, changed_by,
+                                created_at, updated_at, updated_by)
+    VALUES (NEW.branch_id, NEW.plan_id, NEW.id, previous, NEW.status, clock_timestamp(), NEW.updated_by,
+            clock_timestamp(), clock_timestamp(), NEW.updated_by);
     RETURN NULL;
 END
 $$;

@@ -55,6 +55,11 @@ public struct TokenAuthority: Sendable {
 
     /// Verifies a bearer token and turns it into the principal it proves.
     public func principal(for token: String) async throws(Failure) -> Principal {
+        try await verify(token).principal
+    }
+
+    /// Verifies a bearer token: the principal it proves and when it expires (a stream ends then).
+    public func verify(_ token: String) async throws(Failure) -> (principal: Principal, expiresAt: Date) {
         try Self.requireHS256Header(token)
         let claims: TokenClaims
         do {
@@ -73,9 +78,9 @@ public struct TokenAuthority: Sendable {
         switch claims.role {
         case .authenticated:
             guard let subject else { throw .invalidClaims("sub must be a user id (uuid)") }
-            return .user(subject)
+            return (.user(subject), claims.exp.value)
         case .serviceRole:
-            return .service(actingUser: subject)
+            return (.service(actingUser: subject), claims.exp.value)
         }
     }
 

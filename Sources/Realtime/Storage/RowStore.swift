@@ -82,7 +82,7 @@ struct RowStore {
         let names = (columns + ["branch_id", "updated_by", "updated_at"]).map(identifier).joined(separator: ", ")
         let values =
             (columns.map { "r." + identifier($0) } + [
-                "\(branchParameter)::uuid", "\(userParameter)::uuid", "least(\(timeParameter)::timestamptz, now())",
+                "\(branchParameter)::uuid", "\(userParameter)::uuid", "least(\(timeParameter)::timestamptz, clock_timestamp())",
             ]).joined(separator: ", ")
         let sql = """
             INSERT INTO \(table) (\(names)) SELECT \(values) FROM json_populate_record(NULL::\(table), \(record)::json) r
@@ -112,7 +112,7 @@ struct RowStore {
             let rows = try await transaction.query(
                 builder.query(
                     """
-                    SELECT row_to_json(t)::text, t.updated_at > least(\(timeParameter)::timestamptz, now())
+                    SELECT row_to_json(t)::text, t.updated_at > least(\(timeParameter)::timestamptz, clock_timestamp())
                     FROM \(table) t WHERE t.id = \(idParameter) FOR UPDATE
                     """
                 )
@@ -128,7 +128,7 @@ struct RowStore {
         let userParameter = builder.bind(principal.userID)
         let timeParameter = builder.bind(clientTime)
         var assignments = [
-            "updated_by = \(userParameter)::uuid", "updated_at = least(\(timeParameter)::timestamptz, now())",
+            "updated_by = \(userParameter)::uuid", "updated_at = least(\(timeParameter)::timestamptz, clock_timestamp())",
         ]
         if !columns.isEmpty {
             let record = builder.bind(JSONValue.text(of: fields))
