@@ -48,6 +48,7 @@ struct DatabaseChoice {
         if let url = configuration.databaseURL {
             let endpoint = try DatabaseEndpoint(url: url)
             try await DatabaseProbe.waitUntilReachable(endpoint, logger: logger)
+            try await DatabaseProbe.requireLogicalDecoding(endpoint, logger: logger)
             return DatabaseChoice(endpoint: endpoint, embedded: nil)
         }
         let embedded = EmbeddedPostgres(directory: configuration.dataDirectory, logger: logger)

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import PostgresNIO
+import ServiceLifecycle
 
 /// Something to run once migrations are applied and before the server accepts requests (e.g. seeding the demo).
 public typealias StartupStep = @Sendable (PostgresClient) async throws -> Void
@@ -25,22 +26,45 @@ public func buildApplication(
     router.add(middleware: ErrorMiddleware())
     HealthController(database: database, migrations: migrations).addRoutes(to: router)
 
+    let gate = StartupGate()
+    let hub = Hub(bufferLimit: configuration.subscriberBufferLimit, logger: logger)
+    StreamController(hub: hub, database: database, tokens: tokens, enabled: configuration.changeFeedEnabled).addRoutes(to: router)
+
     let rest = router.group("rest/v1").add(middleware: AuthMiddleware(tokens: tokens))
+    SnapshotController(database: database).addRoutes(to: rest)
     for schema in TableSchema.exposed {
         RowController(schema: schema, database: database, maxBodyBytes: configuration.maxBodyBytes).addRoutes(to: rest)
     }
     AdminController(database: database, maxBodyBytes: configuration.maxBodyBytes).addRoutes(to: rest)
 
+    let tailer = Tailer(
+        client: database.client,
+        endpoint: endpoint,
+        gate: gate,
+        logger: logger,
+        prepare: { try await FeedBootstrap.load(into: hub, client: database.client, logger: logger) },
+        deliver: { hub.publish($0) }
+    )
+    var services: [any Service] = [
+        database.client,
+        Maintenance(client: database.client, logger: logger, gate: gate, eventRetention: .seconds(configuration.eventRetentionHours * 3600)),
+    ]
+    if configuration.changeFeedEnabled {
+        if configuration.runsRelay { services.append(Relay(endpoint: endpoint, gate: gate, logger: logger)) }
+        services += [tailer, FeedHousekeeping(hub: hub, keepaliveInterval: .seconds(configuration.keepaliveSeconds))]
+    }
+
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "realtime"),
-        services: [database.client, Maintenance(client: database.client, logger: logger)],
+        services: services,
         logger: logger
     )
     app.beforeServerStarts {
         let applied = try await Migrator(files: migrations, logger: logger).migrate(client: database.client)
         logger.info("migrations are up to date", metadata: ["applied_now": "\(applied.count)", "total": "\(migrations.count)"])
         try await afterMigrations?(database.client)
+        gate.open()
     }
     return app
 }

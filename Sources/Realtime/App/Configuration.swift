@@ -25,6 +25,16 @@ public struct Configuration: Sendable {
     public var databasePoolSize = 20
     /// `--migrations-dir`, `REALTIME_MIGRATIONS_DIR`; by default found next to the checkout.
     public var migrationsDirectory: String?
+    /// `--keepalive-seconds`, `REALTIME_KEEPALIVE_SECONDS`: a comment line on idle streams this often.
+    public var keepaliveSeconds = 15
+    /// `--subscriber-buffer`, `REALTIME_SUBSCRIBER_BUFFER`: frames a stream may have unsent before it is cut off as slow.
+    public var subscriberBufferLimit = 1024
+    /// `--event-retention-hours`, `REALTIME_EVENT_RETENTION_HOURS`: how long the event log keeps events for resuming.
+    public var eventRetentionHours = 24
+    /// `--no-relay`, `REALTIME_RELAY=0`: whether this node takes part in the relay election.
+    public var runsRelay = true
+    /// `--no-change-feed`, `REALTIME_CHANGE_FEED=0`: serve REST only, with no relay, tailer or streams.
+    public var changeFeedEnabled = true
 
     public init() {}
 
@@ -45,6 +55,19 @@ public struct Configuration: Sendable {
         }
         if let value = environment["REALTIME_DB_POOL_SIZE"] { configuration.databasePoolSize = try int(value, "REALTIME_DB_POOL_SIZE", 1...500) }
         if let value = environment["REALTIME_MIGRATIONS_DIR"] { configuration.migrationsDirectory = value }
+        if let value = environment["REALTIME_KEEPALIVE_SECONDS"] {
+            configuration.keepaliveSeconds = try int(value, "REALTIME_KEEPALIVE_SECONDS", 1...3600)
+        }
+        if let value = environment["REALTIME_SUBSCRIBER_BUFFER"] {
+            configuration.subscriberBufferLimit = try int(value, "REALTIME_SUBSCRIBER_BUFFER", 16...1_000_000)
+        }
+        if let value = environment["REALTIME_EVENT_RETENTION_HOURS"] {
+            configuration.eventRetentionHours = try int(value, "REALTIME_EVENT_RETENTION_HOURS", 1...24 * 365)
+        }
+        if let value = environment["REALTIME_RELAY"] { configuration.runsRelay = !["0", "false", "no"].contains(value.lowercased()) }
+        if let value = environment["REALTIME_CHANGE_FEED"] {
+            configuration.changeFeedEnabled = !["0", "false", "no"].contains(value.lowercased())
+        }
         return configuration
     }
 

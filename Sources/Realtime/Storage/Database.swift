@@ -37,12 +37,13 @@ public struct Database: Sendable {
     /// A serialization failure or deadlock is retried (up to three attempts in all); any other error rolls back.
     public func withRequestTransaction<Result: Sendable>(
         as principal: Principal,
+        repeatableRead: Bool = false,
         _ body: (RequestTransaction) async throws -> Result
     ) async throws -> Result {
         var attempt = 1
         while true {
             do {
-                return try await transactionOnce(as: principal, body)
+                return try await transactionOnce(as: principal, repeatableRead: repeatableRead, body)
             } catch let error as PSQLError where attempt < 3 && ["40001", "40P01"].contains(error.sqlState) {
                 attempt += 1
                 logger.debug("retrying a transaction after \(error.sqlState ?? "")", metadata: ["attempt": "\(attempt)"])
@@ -52,10 +53,11 @@ public struct Database: Sendable {
 
     private func transactionOnce<Result: Sendable>(
         as principal: Principal,
+        repeatableRead: Bool,
         _ body: (RequestTransaction) async throws -> Result
     ) async throws -> Result {
         try await client.withConnection { connection in
-            try await connection.query("BEGIN", logger: logger)
+            try await connection.query(repeatableRead ? "BEGIN ISOLATION LEVEL REPEATABLE READ" : "BEGIN", logger: logger)
             do {
                 let role = principal.isService ? "realtime_service" : "realtime_authenticated"
                 let userID = principal.userID?.uuidString.lowercased() ?? ""

@@ -12,6 +12,13 @@ public enum DatabaseProbe {
         public var description: String { "Cannot reach PostgreSQL at \(endpoint): \(reason)" }
     }
 
+    /// The database answers but cannot serve this server as configured.
+    public struct Unsuitable: Error, CustomStringConvertible {
+        public var endpoint: DatabaseEndpoint
+        public var reason: String
+        public var description: String { "PostgreSQL at \(endpoint) cannot be used: \(reason)" }
+    }
+
     /// Connects and runs `SELECT 1`, retrying with backoff for up to `timeout`; a refused login fails at once.
     public static func waitUntilReachable(_ endpoint: DatabaseEndpoint, timeout: Duration = .seconds(30), logger: Logger) async throws {
         let deadline = ContinuousClock.now + timeout
@@ -38,13 +45,47 @@ public enum DatabaseProbe {
     }
 
     private static func probe(_ endpoint: DatabaseEndpoint, attempt: Int, logger: Logger) async throws {
+        let connection = try await PostgresConnection.connect(configuration: connectionConfiguration(endpoint), id: attempt, logger: logger)
+        do {
+            try await connection.query("SELECT 1", logger: logger)
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+        try? await connection.close()
+    }
+
+    /// The change feed reads the WAL through logical decoding: refuse to start on a server without it.
+    public static func requireLogicalDecoding(_ endpoint: DatabaseEndpoint, logger: Logger) async throws {
+        let connection = try await PostgresConnection.connect(configuration: connectionConfiguration(endpoint), id: 0, logger: logger)
+        var level = ""
+        do {
+            for try await value in try await connection.query("SELECT current_setting('wal_level')", logger: logger).decode(String.self) {
+                level = value
+            }
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+        try? await connection.close()
+        guard level == "logical" else {
+            throw Unsuitable(
+                endpoint: endpoint,
+                reason: "wal_level is '\(level)', but the change feed needs logical decoding: set wal_level = logical "
+                    + "(ALTER SYSTEM SET wal_level = logical, or in postgresql.conf) and restart PostgreSQL"
+            )
+        }
+    }
+
+    /// The configuration of a single connection (outside the pool) to `endpoint`.
+    static func connectionConfiguration(_ endpoint: DatabaseEndpoint) throws -> PostgresConnection.Configuration {
         let tls: PostgresConnection.Configuration.TLS =
             switch endpoint.tls {
             case .disable: .disable
             case .prefer: .prefer(try .init(configuration: .makeClientConfiguration()))
             case .require: .require(try .init(configuration: .makeClientConfiguration()))
             }
-        let configuration = PostgresConnection.Configuration(
+        var configuration = PostgresConnection.Configuration(
             host: endpoint.host,
             port: endpoint.port,
             username: endpoint.username,
@@ -52,8 +93,7 @@ public enum DatabaseProbe {
             database: endpoint.database,
             tls: tls
         )
-        let connection = try await PostgresConnection.connect(configuration: configuration, id: attempt, logger: logger)
-        defer { connection.close().whenComplete { _ in } }
-        try await connection.query("SELECT 1", logger: logger)
+        configuration.options.additionalStartupParameters = [("TimeZone", "UTC"), ("application_name", "realtime")]
+        return configuration
     }
 }

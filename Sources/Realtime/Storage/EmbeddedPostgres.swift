@@ -29,6 +29,8 @@ public struct EmbeddedPostgres: Sendable {
     public let directory: String
     private let installation: PostgresInstallation?
     private let logger: Logger
+    /// Lines added to the managed configuration, e.g. `fsync = off` for a throwaway test cluster.
+    private let extraSettings: [String]
 
     /// The cluster (PGDATA).
     public var clusterDirectory: String { directory + "/postgres" }
@@ -38,7 +40,8 @@ public struct EmbeddedPostgres: Sendable {
     public var logFile: String { directory + "/postgres.log" }
 
     /// An embedded cluster kept in `directory`; the server programs are looked up at start unless `installation` is given.
-    public init(directory: String, installation: PostgresInstallation? = nil, logger: Logger) {
+    public init(directory: String, installation: PostgresInstallation? = nil, extraSettings: [String] = [], logger: Logger) {
+        self.extraSettings = extraSettings
         var path = URL(fileURLWithPath: directory).standardizedFileURL.path
         while path.count > 1, path.hasSuffix("/") { path.removeLast() }
         self.directory = path
@@ -226,10 +229,10 @@ public struct EmbeddedPostgres: Sendable {
         # Written by the Realtime server at every start; changes here are lost. Use ALTER SYSTEM to override.
         listen_addresses = '127.0.0.1'
         unix_socket_directories = ''
-        max_connections = 200
+        max_connections = 300
         wal_level = logical
-        max_wal_senders = 10
-        max_replication_slots = 10
+        max_wal_senders = 64
+        max_replication_slots = 64
         timezone = 'UTC'
         log_timezone = 'UTC'
 
@@ -244,7 +247,9 @@ public struct EmbeddedPostgres: Sendable {
         """
 
     private func writeManagedConfiguration(account: ServerAccount?) throws {
-        try writeFile(clusterDirectory + "/" + Self.managedConfigurationName, contents: Self.managedConfiguration, mode: 0o600, owner: account)
+        try writeFile(
+            clusterDirectory + "/" + Self.managedConfigurationName, contents: Self.managedConfiguration + extraSettings.map { $0 + "\n" }.joined(),
+            mode: 0o600, owner: account)
         try writeFile(clusterDirectory + "/pg_hba.conf", contents: Self.managedHostBasedAuthentication, mode: 0o600, owner: account)
     }
 

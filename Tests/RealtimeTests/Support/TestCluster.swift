@@ -30,7 +30,13 @@ enum TestCluster {
     /// Started once, on first access (static initialisation is thread-safe), shared by every test.
     private static let shared = Task<(cluster: EmbeddedPostgres, endpoint: DatabaseEndpoint), any Error> {
         cleanUpAbandonedDirectories()
-        let cluster = EmbeddedPostgres(directory: makeScratchDirectory(), logger: logger)
+        // A throwaway cluster needs no durability: without fsync, the checkpoints that CREATE/DROP DATABASE and
+        // replication slot creation wait for take milliseconds instead of seconds on a busy machine.
+        let cluster = EmbeddedPostgres(
+            directory: makeScratchDirectory(),
+            extraSettings: ["fsync = off", "synchronous_commit = off", "full_page_writes = off"],
+            logger: logger
+        )
         let endpoint = try await cluster.start()
         return (cluster, endpoint)
     }
@@ -48,6 +54,13 @@ enum TestCluster {
     /// A new, empty database on the shared cluster, named `t_<random hex>`, for one test.
     static func freshDatabase() async throws -> DatabaseEndpoint {
         try await cluster().createDatabase(named: "t_" + randomHex(bytes: 8))
+    }
+
+    /// Writes a running-transactions record to the WAL at once (a checkpoint does), so that a logical slot being created
+    /// on the busy shared cluster need not wait for the next one (PostgreSQL 15 writes one every 15 s).
+    @Sendable static func nudge() async {
+        guard let endpoint = try? await defaultEndpoint() else { return }
+        _ = try? await withConnection(to: endpoint) { connection in try await connection.query("CHECKPOINT", logger: logger) }
     }
 
     /// Connects to `endpoint`, runs `body` and closes the connection.

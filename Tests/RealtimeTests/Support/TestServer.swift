@@ -19,10 +19,13 @@ struct TestServer {
     let configuration: Configuration
     let logger: Logger
 
-    static func make(maxBodyBytes: Int = 256 * 1024) async throws -> TestServer {
+    /// - Parameter changeFeed: run the relay, the tailer and the streams (only the tests of the feed need them: each
+    ///   relay holds a replication slot and connections on the shared cluster).
+    static func make(maxBodyBytes: Int = 256 * 1024, changeFeed: Bool = false) async throws -> TestServer {
         var configuration = Configuration()
+        configuration.changeFeedEnabled = changeFeed
         configuration.maxBodyBytes = maxBodyBytes
-        configuration.databasePoolSize = 30
+        configuration.databasePoolSize = 10
         configuration.migrationsDirectory = repositoryRoot + "/Migrations"
         configuration.port = 0
         var logger = Logger(label: "test")
@@ -81,6 +84,9 @@ struct TestServer {
     struct Client: Sendable {
         let client: any TestClientProtocol
         let tokens: TokenAuthority
+
+        /// The base URL of a live server (`testLive`).
+        var baseURL: String { "http://127.0.0.1:\(client.port ?? 0)" }
 
         /// A response with its body as text and, when it is JSON, parsed.
         struct Reply: Sendable {

@@ -1,0 +1,64 @@
+import Foundation
+
+/// One committed row change, as read back from the event log: the unit that streams, polls and resumes carry.
+///
+/// `sequence` is the cursor: it grows in commit order, and inside a transaction in the order of its changes.
+public struct ChangeEvent: Sendable, Equatable {
+    /// What happened to the row.
+    public enum Operation: String, Sendable, CaseIterable {
+        case insert = "INSERT"
+        case update = "UPDATE"
+        case delete = "DELETE"
+    }
+
+    public var sequence: Int64
+    /// The id of the transaction that made the change (32 bits, as logical decoding reports it).
+    public var xid: UInt32
+    /// The table, e.g. `task`.
+    public var table: String
+    public var operation: Operation
+    /// The commit time as ISO-8601 text (UTC), and as a date for delay measurement.
+    public var commitTimestamp: String
+    public var commitTime: Date
+    /// The row's branch, plan and task after the change (before it, for a DELETE).
+    public var branchID: UUID?
+    public var planID: UUID?
+    public var taskID: UUID?
+    /// For an UPDATE that moved the row: where it was before.
+    public var oldBranchID: UUID?
+    public var oldPlanID: UUID?
+    /// The new row as a JSON object (`{}` for a DELETE).
+    public var record: String
+    /// For an UPDATE, the previous values of the columns that changed; for a DELETE, the whole old row; else `{}`.
+    public var oldRecord: String
+
+    public init(
+        sequence: Int64,
+        xid: UInt32 = 0,
+        table: String,
+        operation: Operation,
+        commitTimestamp: String,
+        commitTime: Date,
+        branchID: UUID?,
+        planID: UUID?,
+        taskID: UUID?,
+        oldBranchID: UUID? = nil,
+        oldPlanID: UUID? = nil,
+        record: String,
+        oldRecord: String
+    ) {
+        self.sequence = sequence
+        self.xid = xid
+        self.table = table
+        self.operation = operation
+        self.commitTimestamp = commitTimestamp
+        self.commitTime = commitTime
+        self.branchID = branchID
+        self.planID = planID
+        self.taskID = taskID
+        self.oldBranchID = oldBranchID
+        self.oldPlanID = oldPlanID
+        self.record = record
+        self.oldRecord = oldRecord
+    }
+}

@@ -1,0 +1,174 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// The ordered log of committed changes, `realtime.event_log`: the relay appends to it, every node reads it.
+///
+/// Values arrive from the WAL as text; PostgreSQL itself turns them into the row's JSON (`row_to_json` over
+/// `json_populate_record`), so an event's `record` has exactly the shape of the REST API's rows.
+public enum EventLog {
+    /// The tables of the publication, and how each finds its branch, plan and task.
+    static let tables: [String: (plan: String?, task: String?)] = [
+        "plan": (plan: "id", task: nil),
+        "task": (plan: "plan_id", task: "id"),
+        "status_history": (plan: "plan_id", task: "task_id"),
+        "attachment": (plan: "plan_id", task: "task_id"),
+        "client_card": (plan: nil, task: nil),
+        "branch_member": (plan: nil, task: nil),
+    ]
+
+    /// The NOTIFY channel that wakes the tailers after each appended batch.
+    public static let wakeUpChannel = "realtime_events"
+
+    /// Appends the changes of committed transactions, in order, in the caller's open transaction. A change already
+    /// logged (same commit LSN and index, replayed after a crash) is skipped. Returns the number of new rows.
+    @discardableResult
+    static func append(_ transactions: [WALTransaction], on connection: PostgresConnection, logger: Logger) async throws -> Int {
+        var appended = 0
+        for transaction in transactions {
+            let lsn = formatLSN(transaction.commitLSN)
+            for (index, change) in transaction.changes.enumerated() {
+                guard change.schema == "public", let locators = tables[change.table] else { continue }
+                let newRow = row(change.columns, change.newValues)
+                let oldRow = row(change.columns, change.oldValues)
+                let current = change.operation == .delete ? oldRow : newRow
+                guard let current else { continue }
+                let branch = uuid(current["branch_id"])
+                let plan = locators.plan.flatMap { uuid(current[$0]) }
+                let task = locators.task.flatMap { uuid(current[$0]) }
+                var oldBranch: UUID?
+                var oldPlan: UUID?
+                var changedColumns: [String] = []
+                if change.operation == .update, let oldRow, let newRow {
+                    oldBranch = uuid(oldRow["branch_id"]).flatMap { $0 == branch ? nil : $0 }
+                    oldPlan = locators.plan.flatMap { uuid(oldRow[$0]) }.flatMap { $0 == plan ? nil : $0 }
+                    changedColumns = change.columns.filter { oldRow[$0] != newRow[$0] }
+                }
+                let table = "public." + identifier(change.table)
+                let recordSQL = change.operation == .delete ? "'{}'::json" : "row_to_json(json_populate_record(NULL::\(table), $12::json))"
+                let oldRecordSQL: String
+                switch change.operation {
+                case .insert:
+                    oldRecordSQL = "'{}'::json"
+                case .delete:
+                    oldRecordSQL = "row_to_json(json_populate_record(NULL::\(table), $13::json))"
+                case .update:
+                    oldRecordSQL = """
+                        coalesce((SELECT json_object_agg(key, value) FROM json_each(row_to_json(json_populate_record(NULL::\(table), $13::json)))
+                                  WHERE key = ANY($14::text[])), '{}'::json)
+                        """
+                }
+                var bindings = PostgresBindings()
+                bindings.append(lsn)
+                bindings.append(index)
+                bindings.append(Int64(transaction.xid))
+                bindings.append(transaction.commitTime)
+                bindings.append(change.table)
+                bindings.append(change.operation.rawValue)
+                bindings.append(branch)
+                bindings.append(plan)
+                bindings.append(task)
+                bindings.append(oldBranch)
+                bindings.append(oldPlan)
+                bindings.append(jsonText(newRow ?? [:]))
+                bindings.append(jsonText(oldRow ?? [:]))
+                bindings.append(changedColumns)
+                let sql = """
+                    INSERT INTO realtime.event_log (commit_lsn, tx_index, xid, commit_time, table_name, op, branch_id, plan_id, task_id,
+                                                    old_branch_id, old_plan_id, record, old_record)
+                    SELECT $1::pg_lsn, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \(recordSQL), \(oldRecordSQL)
+                    ON CONFLICT ON CONSTRAINT event_log_position_key DO NOTHING
+                    """
+                let result = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)
+                for try await _ in result {}
+                appended += 1
+            }
+        }
+        return appended
+    }
+
+    /// The columns every read of the log selects, in the order `event(from:)` decodes them.
+    static let selectColumns = """
+        seq, xid, table_name, op, to_char(commit_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), commit_time,
+        branch_id, plan_id, task_id, old_branch_id, old_plan_id, record::text, old_record::text
+        """
+
+    /// Decodes one row selected with `selectColumns`.
+    static func event(from row: PostgresRow) throws -> ChangeEvent {
+        let (sequence, xid, table, op, timestamp, time, branch, plan, task, oldBranch, oldPlan, record, oldRecord) = try row.decode(
+            (Int64, Int64, String, String, String, Date, UUID?, UUID?, UUID?, UUID?, UUID?, String, String).self
+        )
+        return ChangeEvent(
+            sequence: sequence,
+            xid: UInt32(truncatingIfNeeded: xid),
+            table: table,
+            operation: ChangeEvent.Operation(rawValue: op) ?? .update,
+            commitTimestamp: timestamp,
+            commitTime: time,
+            branchID: branch,
+            planID: plan,
+            taskID: task,
+            oldBranchID: oldBranch,
+            oldPlanID: oldPlan,
+            record: record,
+            oldRecord: oldRecord
+        )
+    }
+
+    /// Events after `cursor`, in order, at most `limit`.
+    public static func read(after cursor: Int64, limit: Int, client: PostgresClient, logger: Logger) async throws -> [ChangeEvent] {
+        let rows = try await client.query(
+            PostgresQuery(
+                unsafeSQL: "SELECT \(selectColumns) FROM realtime.event_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                binds: bindings(cursor, limit)
+            ),
+            logger: logger
+        )
+        var events: [ChangeEvent] = []
+        for try await row in rows { events.append(try event(from: row)) }
+        return events
+    }
+
+    /// The newest sequence number in the log (0 when empty).
+    public static func newestSequence(client: PostgresClient, logger: Logger) async throws -> Int64 {
+        let rows = try await client.query("SELECT coalesce(max(seq), 0) FROM realtime.event_log", logger: logger)
+        for try await value in rows.decode(Int64.self) { return value }
+        return 0
+    }
+
+    /// The oldest retained sequence number, or nil when the log is empty.
+    public static func oldestSequence(client: PostgresClient, logger: Logger) async throws -> Int64? {
+        let rows = try await client.query("SELECT min(seq) FROM realtime.event_log", logger: logger)
+        for try await value in rows.decode(Int64?.self) { return value }
+        return nil
+    }
+
+    static func formatLSN(_ lsn: UInt64) -> String {
+        String(lsn >> 32, radix: 16, uppercase: true) + "/" + String(lsn & 0xFFFF_FFFF, radix: 16, uppercase: true)
+    }
+
+    private static func row(_ columns: [String], _ values: [String?]?) -> [String: String?]? {
+        guard let values else { return nil }
+        var row: [String: String?] = [:]
+        for (column, value) in zip(columns, values) { row[column] = value }
+        return row
+    }
+
+    private static func uuid(_ value: String??) -> UUID? {
+        guard case .some(.some(let text)) = value else { return nil }
+        return UUID(uuidString: text)
+    }
+
+    private static func jsonText(_ row: [String: String?]) -> String {
+        var object: [String: JSONValue] = [:]
+        for (key, value) in row { object[key] = value.map(JSONValue.string) ?? .null }
+        return JSONValue.text(of: object)
+    }
+
+    private static func bindings(_ cursor: Int64, _ limit: Int) -> PostgresBindings {
+        var bindings = PostgresBindings()
+        bindings.append(cursor)
+        bindings.append(limit)
+        return bindings
+    }
+}

@@ -1,0 +1,53 @@
+import Foundation
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+
+/// What the fan-out must know before it follows the log: every membership and every plan's branch.
+enum FeedBootstrap {
+    /// Reads the log head first, then the caches: events after the head update the caches again, so nothing is lost
+    /// between the two reads.
+    static func load(into hub: Hub, client: PostgresClient, logger: Logger) async throws -> Int64 {
+        let head = try await EventLog.newestSequence(client: client, logger: logger)
+        var memberships: [UUID: Memberships] = [:]
+        for try await (user, branch, role) in try await client.query(
+            "SELECT user_id, branch_id, role FROM branch_member",
+            logger: logger
+        ).decode((UUID, UUID, String).self) {
+            if let role = MemberRole(rawValue: role) { memberships[user, default: Memberships()].roles[branch] = role }
+        }
+        var plans: [UUID: UUID] = [:]
+        for try await (plan, branch) in try await client.query("SELECT id, branch_id FROM plan", logger: logger).decode((UUID, UUID).self) {
+            plans[plan] = branch
+        }
+        hub.setMemberships(memberships)
+        hub.setPlanBranches(plans)
+        logger.info("change feed ready", metadata: ["head": "\(head)", "users": "\(memberships.count)", "plans": "\(plans.count)"])
+        return head
+    }
+}
+
+/// Periodic work of the fan-out: ends streams whose token expired and sends keepalives. Ends the hub on shutdown.
+struct FeedHousekeeping: Service {
+    let hub: Hub
+    var keepaliveInterval: Duration
+    var sweepInterval: Duration = .seconds(1)
+
+    func run() async throws {
+        var sinceKeepalive = Duration.zero
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: sweepInterval) }
+            } catch {
+                break
+            }
+            hub.sweep()
+            sinceKeepalive += sweepInterval
+            if sinceKeepalive >= keepaliveInterval {
+                hub.sendKeepalives()
+                sinceKeepalive = .zero
+            }
+        }
+        hub.shutdown()
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+
+/// A stream a browser subscribes to: every change of one branch, or every change of one plan and its rows.
+///
+/// Written `branch:<uuid>` or `plan:<uuid>` in URLs and in the `channels` of an event.
+public enum Channel: Hashable, Sendable, CustomStringConvertible {
+    case branch(UUID)
+    case plan(UUID)
+
+    /// The most channels one subscription may name.
+    public static let maxPerSubscription = 100
+
+    /// Parses `branch:<uuid>` or `plan:<uuid>`.
+    ///
+    /// - Throws: `APIError` 400 `invalid_parameter` naming the bad text.
+    public init(parsing text: String) throws(APIError) {
+        if text.hasPrefix("branch:"), let id = UUID(uuidString: String(text.dropFirst("branch:".count))) {
+            self = .branch(id)
+        } else if text.hasPrefix("plan:"), let id = UUID(uuidString: String(text.dropFirst("plan:".count))) {
+            self = .plan(id)
+        } else {
+            throw .invalidParameter("'\(text)' is not a channel: use branch:<uuid> or plan:<uuid>.")
+        }
+    }
+
+    /// Parses channels given as repeated and/or comma-separated values, e.g. `["branch:…,plan:…"]`.
+    ///
+    /// - Throws: `APIError` 400 `invalid_parameter` for a bad channel, none at all, or more than ``maxPerSubscription``.
+    public static func parseList(_ values: [String]) throws(APIError) -> Set<Channel> {
+        var channels = Set<Channel>()
+        for value in values {
+            for item in value.split(separator: ",", omittingEmptySubsequences: true) {
+                channels.insert(try Channel(parsing: item.trimmingCharacters(in: .whitespaces)))
+            }
+        }
+        guard !channels.isEmpty else { throw .invalidParameter("Name at least one channel, e.g. channel=branch:<uuid>.") }
+        guard channels.count <= maxPerSubscription else {
+            throw .invalidParameter("A subscription takes at most \(maxPerSubscription) channels.")
+        }
+        return channels
+    }
+
+    /// `branch:<uuid>` or `plan:<uuid>`, with the uuid in lower case as PostgreSQL prints it.
+    public var description: String {
+        switch self {
+        case .branch(let id): "branch:\(id.uuidString.lowercased())"
+        case .plan(let id): "plan:\(id.uuidString.lowercased())"
+        }
+    }
+
+    /// Tables whose rows also stream on the channel of their plan; the others (client_card, branch_member) only on their branch's.
+    static let planScopedTables: Set<String> = ["plan", "task", "status_history", "attachment"]
+
+    /// The channels a row of `table` at this branch and plan belongs to: its plan's first, then its branch's.
+    static func channels(table: String, branchID: UUID?, planID: UUID?) -> [Channel] {
+        var channels: [Channel] = []
+        if let planID, planScopedTables.contains(table) { channels.append(.plan(planID)) }
+        if let branchID { channels.append(.branch(branchID)) }
+        return channels
+    }
+
+    /// On which channels an event is delivered, and as what.
+    ///
+    /// An INSERT or DELETE goes to the channels of the row's place (for a DELETE, where it was). An UPDATE that moved the
+    /// row (`oldBranchID`/`oldPlanID` set and different) goes as a DELETE to the channels it left, as an INSERT to the
+    /// channels it entered, and as the UPDATE to the channels it stayed in. A nil `oldBranchID`/`oldPlanID` means "did
+    /// not move". Plan channels come before branch channels; on each side the new place before the old one.
+    public static func deliveries(of event: ChangeEvent) -> [ChannelDelivery] {
+        let current = channels(table: event.table, branchID: event.branchID, planID: event.planID)
+        guard event.operation == .update, event.oldBranchID != nil || event.oldPlanID != nil else {
+            return current.map { ChannelDelivery(channel: $0, operation: event.operation, branchID: event.branchID) }
+        }
+        let oldBranchID = event.oldBranchID ?? event.branchID
+        let previous = channels(table: event.table, branchID: oldBranchID, planID: event.oldPlanID ?? event.planID)
+        var deliveries: [ChannelDelivery] = []
+        deliveries.reserveCapacity(current.count + previous.count)
+        for channel in current {
+            let stayed = previous.contains(channel)
+            deliveries.append(ChannelDelivery(channel: channel, operation: stayed ? .update : .insert, branchID: event.branchID))
+        }
+        for channel in previous where !current.contains(channel) {
+            deliveries.append(ChannelDelivery(channel: channel, operation: .delete, branchID: oldBranchID))
+        }
+        return deliveries.filter(\.channel.isPlan) + deliveries.filter { !$0.channel.isPlan }
+    }
+
+    var isPlan: Bool {
+        if case .plan = self { return true }
+        return false
+    }
+}
+
+/// One channel an event is delivered on, with the operation it shows there.
+public struct ChannelDelivery: Sendable, Hashable {
+    public var channel: Channel
+    /// The event's own operation, or for a move the DELETE (channel left) or INSERT (channel entered) it becomes.
+    public var operation: ChangeEvent.Operation
+    /// The branch whose read access this delivery needs: where the row was for a DELETE, where it is otherwise.
+    public var branchID: UUID?
+
+    public init(channel: Channel, operation: ChangeEvent.Operation, branchID: UUID?) {
+        self.channel = channel
+        self.operation = operation
+        self.branchID = branchID
+    }
+}

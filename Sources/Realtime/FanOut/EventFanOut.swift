@@ -1,0 +1,65 @@
+import Foundation
+import NIOCore
+
+/// The fan-out of one event: its deliveries, and what its subscribers share (decoded rows, encoded frames).
+///
+/// For one subscriber, the deliveries on its channels that it may read (the same rule as row-level security: the
+/// service role reads everything, a user the branches they are a member of) are merged into one frame: an UPDATE when
+/// the row is on one of those channels before and after the change, a DELETE when only before, an INSERT when only
+/// after. Its `channels` name every one of those channels. Each distinct frame is encoded once and shared.
+struct EventFanOut {
+    let event: ChangeEvent
+    let deliveries: [ChannelDelivery]
+    private let resource: Resource
+    private var newRow: LazyRow
+    private var oldRow: LazyRow
+    private var frames: [(operation: ChangeEvent.Operation, mask: UInt8, bytes: ByteBuffer)] = []
+
+    init(_ event: ChangeEvent) {
+        self.event = event
+        let deliveries = Channel.deliveries(of: event)
+        precondition(deliveries.count <= UInt8.bitWidth, "An event has at most four deliveries.")
+        self.deliveries = deliveries
+        resource = Resource(rawValue: event.table) ?? .branch
+        newRow = LazyRow(text: event.record)
+        oldRow = LazyRow(text: event.oldRecord)
+    }
+
+    /// The deliveries on these channels, one bit each.
+    func mask(for channels: Set<Channel>) -> UInt8 {
+        var mask: UInt8 = 0
+        for (index, delivery) in deliveries.enumerated() where channels.contains(delivery.channel) { mask |= 1 << index }
+        return mask
+    }
+
+    /// Whether the principal may read the delivery's branch; a row without a branch only the service role reads.
+    private func mayRead(_ delivery: ChannelDelivery, _ principal: Principal, _ memberships: Memberships) -> Bool {
+        guard let branch = delivery.branchID else { return principal.isService }
+        return Policy.decide(principal, memberships, .read, resource, inBranch: branch) == .allowed
+    }
+
+    /// The frame for a subscriber reached by the deliveries in `mask`, or nil if it may not or does not want to see it.
+    mutating func frame(for subscriber: Subscriber, mask: UInt8, memberships: Memberships) -> ByteBuffer? {
+        var readable: UInt8 = 0
+        var before = false
+        var after = false
+        for (index, delivery) in deliveries.enumerated() where mask & (1 << index) != 0 {
+            guard mayRead(delivery, subscriber.principal, memberships) else { continue }
+            readable |= 1 << index
+            before = before || delivery.operation != .insert
+            after = after || delivery.operation != .delete
+        }
+        guard readable != 0 else { return nil }
+        let operation: ChangeEvent.Operation = before && after ? .update : before ? .delete : .insert
+        let wanted =
+            operation == .delete && event.operation == .delete
+            ? subscriber.options.matches(table: event.table, operation: operation, row: &oldRow)
+            : subscriber.options.matches(table: event.table, operation: operation, row: &newRow)
+        guard wanted else { return nil }
+        if let frame = frames.first(where: { $0.operation == operation && $0.mask == readable }) { return frame.bytes }
+        let channels = deliveries.indices.filter { readable & (1 << $0) != 0 }.map { deliveries[$0].channel }
+        let bytes = SSEFrame.change(event.delivered(as: operation), channels: channels)
+        frames.append((operation, readable, bytes))
+        return bytes
+    }
+}

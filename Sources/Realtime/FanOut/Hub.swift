@@ -1,0 +1,341 @@
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// The fan-out of committed changes to live subscribers.
+///
+/// One tailer task calls ``publish(_:now:)`` in sequence order; request handlers ``subscribe(principal:channels:options:expiresAt:after:)``
+/// and read their ``Subscription/deliveries``. Subscribers are indexed by channel, so an event costs work only for the
+/// subscribers of its channels. The hub keeps its own copy of who is a member of which branch, and of which branch each
+/// plan is in, loaded at start (``setMemberships(_:)``, ``setPlanBranches(_:)``) and kept current by the `plan` and
+/// `branch_member` events it publishes. State sits behind one lock: publishing is one task, subscribing many.
+public final class Hub: Sendable {
+    /// The default number of frames a subscriber may have unread before it is ended as slow.
+    public static let defaultBufferLimit = 1024
+
+    /// The number of frames a subscriber may have unread before it is ended as slow.
+    public let bufferLimit: Int
+    private let logger: Logger
+    private let state = Mutex(HubState())
+    private let nextID = Atomic<UInt64>(0)
+
+    public init(bufferLimit: Int = defaultBufferLimit, logger: Logger = Logger(label: "realtime.fanout")) {
+        self.bufferLimit = max(1, bufferLimit)
+        self.logger = logger
+    }
+
+    // MARK: Caches
+
+    /// Replaces the membership cache with every user's memberships; subscriptions to branches no longer readable end
+    /// as revoked.
+    public func setMemberships(_ all: [UUID: Memberships]) {
+        state.withLock { state in
+            state.memberships = all.filter { !$0.value.roles.isEmpty }
+            state.removedMemberships.removeAll()
+            for subscriber in Array(state.subscribers.values) {
+                guard case .user(let userID) = subscriber.principal else { continue }
+                let memberships = state.memberships[userID] ?? Memberships()
+                if subscriber.branches.contains(where: { memberships.role(in: $0) == nil }) {
+                    state.end(subscriber, .revoked, logger: logger)
+                }
+            }
+        }
+    }
+
+    /// Adds memberships of one user read from the database that the cache lacks, e.g. one created a moment ago whose
+    /// event has not reached the hub yet. Roles of known memberships are kept.
+    ///
+    /// The change feed stays authoritative for removals: a membership whose removal the hub has applied is not added
+    /// back this way (the database read may predate the removal), only by a later `branch_member` event. At worst a
+    /// membership re-granted a moment ago is refused until its event arrives; a revoked one is never revived.
+    public func learnMemberships(of userID: UUID, _ memberships: Memberships) {
+        state.withLock { state in
+            for (branch, role) in memberships.roles
+            where state.memberships[userID]?.role(in: branch) == nil
+                && !state.removedMemberships.contains(MembershipChange.Member(userID: userID, branchID: branch))
+            {
+                state.memberships[userID, default: Memberships()].roles[branch] = role
+            }
+        }
+    }
+
+    /// Adds plans' branches (`[planID: branchID]`) to what the hub knows, e.g. all plans at start, or a plan just read
+    /// from the database that the change feed has not brought yet.
+    public func setPlanBranches(_ planBranches: [UUID: UUID]) {
+        state.withLock { $0.planBranches.merge(planBranches) { _, new in new } }
+    }
+
+    /// A user's memberships as the hub knows them.
+    public func memberships(of userID: UUID) -> Memberships {
+        state.withLock { $0.memberships[userID] ?? Memberships() }
+    }
+
+    // MARK: Subscribers
+
+    /// Registers a subscriber.
+    ///
+    /// - Parameters:
+    ///   - expiresAt: when its token expires; ``sweep(now:)`` (and any publish after it) then ends it as `tokenExpired`.
+    ///   - after: the cursor it already has (`Last-Event-ID`): no event up to it is delivered.
+    /// - Throws: `APIError` 400 `invalid_parameter` for no or too many channels; 404 `not_found` for a channel the
+    ///   principal may not read (a user who is not a member of its branch, or a plan the hub does not know, which the
+    ///   caller may look up and register with ``setPlanBranches(_:)`` before retrying); 503 `not_ready` after shutdown.
+    public func subscribe(
+        principal: Principal,
+        channels: Set<Channel>,
+        options: SubscriptionOptions = SubscriptionOptions(),
+        expiresAt: Date? = nil,
+        after cursor: Int64 = 0
+    ) throws(APIError) -> Subscription {
+        guard !channels.isEmpty else { throw .invalidParameter("Name at least one channel, e.g. channel=branch:<uuid>.") }
+        guard channels.count <= Channel.maxPerSubscription else {
+            throw .invalidParameter("A subscription takes at most \(Channel.maxPerSubscription) channels.")
+        }
+        let id = SubscriptionID(rawValue: nextID.add(1, ordering: .relaxed).newValue)
+        let mailbox = Mailbox(limit: bufferLimit, readThrough: cursor)
+        mailbox.onTermination { [weak self] in self?.unsubscribe(id) }
+        try state.withLock { (state) throws(APIError) in
+            guard !state.isShutDown else { throw .notReady("The server is shutting down; reconnect shortly.") }
+            let branches = try state.readableBranches(of: channels, for: principal)
+            let subscriber = Subscriber(
+                id: id,
+                principal: principal,
+                channels: channels,
+                branches: branches,
+                options: options,
+                expiresAt: expiresAt,
+                mailbox: mailbox,
+                lastSequence: cursor
+            )
+            state.add(subscriber)
+        }
+        logger.debug("subscribed", metadata: ["subscription": "\(id)", "principal": "\(principal)", "channels": "\(channels.count)"])
+        return Subscription(id: id, channels: channels, deliveries: DeliveryStream(mailbox: mailbox))
+    }
+
+    /// Removes a subscriber, e.g. when its response ends. Safe to call more than once.
+    public func unsubscribe(_ id: SubscriptionID) {
+        let removed = state.withLock { $0.remove(id) }
+        if let removed {
+            removed.mailbox.terminate()
+            logger.debug("unsubscribed", metadata: ["subscription": "\(id)"])
+        }
+    }
+
+    /// The number of registered subscribers.
+    public var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+
+    /// The number of subscribers indexed under a channel.
+    public func subscriberCount(on channel: Channel) -> Int { state.withLock { $0.index[channel]?.count ?? 0 } }
+
+    // MARK: Publishing
+
+    /// Fans out events, in sequence order, to the subscribers of their channels.
+    ///
+    /// `plan` events update the plan-to-branch map, and `branch_member` events the membership cache, before the event
+    /// itself is delivered; a removed membership ends its user's subscriptions in that branch as `revoked` at once.
+    /// A subscriber whose token expired by `now`, or whose buffer is full, is ended instead of being sent the event.
+    public func publish(_ events: [ChangeEvent], now: Date = Date()) {
+        for event in events {
+            state.withLock { $0.publish(event, now: now, logger: logger) }
+        }
+    }
+
+    /// The frames of events read back from the event log for one subscriber that resumes from a cursor, filtered like
+    /// live events (with today's memberships), for its handler to write before it reads the live stream.
+    ///
+    /// Call it from the reading task, before reading ``Subscription/deliveries`` (or between reads), with events in
+    /// sequence order. Live frames up to the last one returned are then skipped, so nothing arrives twice or out of
+    /// order. Returns no frames for an unknown or ended subscription.
+    public func catchUp(_ id: SubscriptionID, with events: [ChangeEvent]) -> [Delivery] {
+        state.withLock { state in
+            guard let subscriber = state.subscribers[id] else { return [] }
+            var frames: [Delivery] = []
+            var readThrough = subscriber.mailbox.readThrough
+            for event in events where event.sequence > readThrough {
+                var fanOut = EventFanOut(event)
+                let mask = fanOut.mask(for: subscriber.channels)
+                guard mask != 0 else { continue }
+                let memberships = state.memberships(of: subscriber.principal)
+                if let bytes = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) {
+                    frames.append(.frame(bytes, sequence: event.sequence))
+                    readThrough = event.sequence
+                }
+            }
+            if let last = events.last?.sequence, last > readThrough { readThrough = last }
+            subscriber.mailbox.markRead(through: readThrough)
+            subscriber.lastSequence = max(subscriber.lastSequence, readThrough)
+            return frames
+        }
+    }
+
+    // MARK: Housekeeping
+
+    /// Ends the subscribers whose token expired by `now` as `tokenExpired`; returns how many.
+    @discardableResult
+    public func sweep(now: Date = Date()) -> Int {
+        state.withLock { state in
+            let expired = state.subscribers.values.filter { $0.isExpired(at: now) }
+            for subscriber in expired { state.end(subscriber, .tokenExpired, logger: logger) }
+            return expired.count
+        }
+    }
+
+    /// Gives each idle subscriber a `.keepalive` delivery, to write ``SSEFrame/keepalive``; call it every 15 s or so.
+    public func sendKeepalives() {
+        state.withLock { state in
+            for subscriber in state.subscribers.values { subscriber.mailbox.offerKeepalive() }
+        }
+    }
+
+    /// Ends every subscriber as `shutdown` and refuses new ones.
+    public func shutdown() {
+        state.withLock { state in
+            state.isShutDown = true
+            for subscriber in Array(state.subscribers.values) { state.end(subscriber, .shutdown, logger: logger) }
+        }
+    }
+}
+
+/// Everything the hub guards with its lock.
+private struct HubState {
+    var subscribers: [SubscriptionID: Subscriber] = [:]
+    /// The subscribers of each channel; channels without subscribers have no entry.
+    var index: [Channel: [SubscriptionID: Subscriber]] = [:]
+    /// Each user's subscriptions, to end them when the user loses a branch.
+    var byUser: [UUID: Set<SubscriptionID>] = [:]
+    var memberships: [UUID: Memberships] = [:]
+    var planBranches: [UUID: UUID] = [:]
+    /// Memberships the change feed removed (and has not granted again since), which ``Hub/learnMemberships(of:_:)`` must
+    /// not revive.
+    var removedMemberships: Set<MembershipChange.Member> = []
+    var isShutDown = false
+    /// Scratch list of the subscribers one event reaches, kept to reuse its storage.
+    var reached: [Subscriber] = []
+
+    func memberships(of principal: Principal) -> Memberships {
+        guard case .user(let userID) = principal else { return Memberships() }
+        return memberships[userID] ?? Memberships()
+    }
+
+    /// The branches of the channels, after checking that the principal may read each of them.
+    func readableBranches(of channels: Set<Channel>, for principal: Principal) throws(APIError) -> Set<UUID> {
+        let memberships = memberships(of: principal)
+        var branches = Set<UUID>()
+        for channel in channels {
+            let branch: UUID?
+            let resource: Resource
+            switch channel {
+            case .branch(let id):
+                branch = id
+                resource = .branch
+            case .plan(let id):
+                branch = planBranches[id]
+                resource = .plan
+            }
+            guard let branch else {
+                if principal.isService { continue }
+                throw .notFound("\(channel) was not found.")
+            }
+            guard Policy.decide(principal, memberships, .read, resource, inBranch: branch) == .allowed else {
+                throw .notFound("\(channel) was not found, or you are not a member of its branch.")
+            }
+            branches.insert(branch)
+        }
+        return branches
+    }
+
+    mutating func add(_ subscriber: Subscriber) {
+        subscribers[subscriber.id] = subscriber
+        for channel in subscriber.channels { index[channel, default: [:]][subscriber.id] = subscriber }
+        if case .user(let userID) = subscriber.principal { byUser[userID, default: []].insert(subscriber.id) }
+    }
+
+    mutating func remove(_ id: SubscriptionID) -> Subscriber? {
+        guard let subscriber = subscribers.removeValue(forKey: id) else { return nil }
+        for channel in subscriber.channels {
+            index[channel]?.removeValue(forKey: id)
+            if index[channel]?.isEmpty == true { index.removeValue(forKey: channel) }
+        }
+        if case .user(let userID) = subscriber.principal {
+            byUser[userID]?.remove(id)
+            if byUser[userID]?.isEmpty == true { byUser.removeValue(forKey: userID) }
+        }
+        return subscriber
+    }
+
+    mutating func end(_ subscriber: Subscriber, _ reason: EndReason, logger: Logger) {
+        subscriber.mailbox.end(reason)
+        _ = remove(subscriber.id)
+        logger.debug("subscription ended", metadata: ["subscription": "\(subscriber.id)", "reason": "\(reason)"])
+    }
+
+    mutating func publish(_ event: ChangeEvent, now: Date, logger: Logger) {
+        switch event.table {
+        case "branch_member": applyMembershipChange(event, logger: logger)
+        case "plan": notePlan(event)
+        default: break
+        }
+        guard !index.isEmpty else { return }
+        var fanOut = EventFanOut(event)
+        for (position, delivery) in fanOut.deliveries.enumerated() {
+            guard let channelSubscribers = index[delivery.channel] else { continue }
+            for subscriber in channelSubscribers.values {
+                if subscriber.deliveryMask == 0 { reached.append(subscriber) }
+                subscriber.deliveryMask |= 1 << position
+            }
+        }
+        guard !reached.isEmpty else { return }
+        var ended: [(Subscriber, EndReason?)] = []
+        for subscriber in reached {
+            let mask = subscriber.deliveryMask
+            subscriber.deliveryMask = 0
+            guard event.sequence > subscriber.lastSequence else { continue }
+            if subscriber.isExpired(at: now) {
+                ended.append((subscriber, .tokenExpired))
+                continue
+            }
+            let memberships = memberships(of: subscriber.principal)
+            guard let bytes = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) else { continue }
+            switch subscriber.mailbox.offer(bytes, sequence: event.sequence) {
+            case .accepted: subscriber.lastSequence = event.sequence
+            case .full: ended.append((subscriber, .slowConsumer))
+            case .closed: ended.append((subscriber, nil))
+            }
+        }
+        reached.removeAll(keepingCapacity: true)
+        for (subscriber, reason) in ended {
+            if let reason {
+                end(subscriber, reason, logger: logger)
+            } else {
+                _ = remove(subscriber.id)
+            }
+        }
+    }
+
+    private mutating func notePlan(_ event: ChangeEvent) {
+        guard event.operation != .delete, let plan = event.planID, let branch = event.branchID else { return }
+        planBranches[plan] = branch
+    }
+
+    private mutating func applyMembershipChange(_ event: ChangeEvent, logger: Logger) {
+        guard let change = MembershipChange(event) else {
+            logger.warning("branch_member event without user_id, branch_id or role", metadata: ["sequence": "\(event.sequence)"])
+            return
+        }
+        if let removed = change.removed {
+            removedMemberships.insert(removed)
+            memberships[removed.userID]?.roles[removed.branchID] = nil
+            if memberships[removed.userID]?.roles.isEmpty == true { memberships.removeValue(forKey: removed.userID) }
+            for id in byUser[removed.userID] ?? [] {
+                guard let subscriber = subscribers[id], subscriber.branches.contains(removed.branchID) else { continue }
+                end(subscriber, .revoked, logger: logger)
+            }
+        }
+        if let (member, role) = change.added {
+            removedMemberships.remove(member)
+            memberships[member.userID, default: Memberships()].roles[member.branchID] = role
+        }
+    }
+}

@@ -1,0 +1,107 @@
+import Foundation
+import NIOCore
+
+/// A control event that tells the browser why the stream ends or what to do next.
+public enum ControlEvent: String, Sendable, CaseIterable {
+    /// The subscriber lost access to a branch of its channels.
+    case revoked
+    /// The token expired; reconnect with a fresh one.
+    case tokenExpired = "token_expired"
+    /// The cursor is too old to resume from: reload, then subscribe afresh.
+    case reset
+    /// Anything else, e.g. the server is too far ahead of a slow reader or is shutting down.
+    case error
+}
+
+/// Encodes Server-Sent Events frames.
+///
+/// A change is `id: <seq>\nevent: postgres_changes\ndata: <json>\n\n`, with the JSON
+/// `{"type":"postgres_changes","schema":"public","table":…,"event":…,"commit_timestamp":…,"channels":[…],"record":{…},"old_record":{…}}`.
+/// `record` and `old_record` are spliced in as the JSON text PostgreSQL produced, not re-encoded. A `data:` line must not
+/// hold a raw line break, which would end it early: such text has none when it is valid JSON from PostgreSQL, and any CR
+/// or LF found is written as a space (valid JSON has them only as whitespace between tokens).
+public enum SSEFrame {
+    /// The SSE event name of a change.
+    public static let changeEventName = "postgres_changes"
+
+    /// `: keepalive\n\n`, to write while idle so that proxies keep the connection open.
+    public static let keepalive = comment("keepalive")
+
+    /// The frame of a change as delivered on `channels` (pass the event already rewritten with
+    /// ``ChangeEvent/delivered(as:)``).
+    public static func change(_ event: ChangeEvent, channels: [Channel]) -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: 256 + event.record.utf8.count + event.oldRecord.utf8.count + channels.count * 48)
+        buffer.writeString("id: \(event.sequence)\nevent: \(changeEventName)\ndata: ")
+        buffer.writeString(#"{"type":"postgres_changes","schema":"public","table":"#)
+        buffer.writeString(JSONText.quote(event.table))
+        buffer.writeString(#","event":""#)
+        buffer.writeString(event.operation.rawValue)
+        buffer.writeString(#"","commit_timestamp":"#)
+        buffer.writeString(JSONText.quote(event.commitTimestamp))
+        buffer.writeString(#","channels":["#)
+        for (index, channel) in channels.enumerated() {
+            if index > 0 { buffer.writeString(",") }
+            buffer.writeString("\"\(channel)\"")
+        }
+        buffer.writeString(#"],"record":"#)
+        writeJSON(event.record, to: &buffer)
+        buffer.writeString(#","old_record":"#)
+        writeJSON(event.oldRecord, to: &buffer)
+        buffer.writeString("}\n\n")
+        return buffer
+    }
+
+    /// A comment line, ignored by browsers: `: <text>\n\n`.
+    public static func comment(_ text: String) -> ByteBuffer {
+        var buffer = ByteBuffer(string: ": ")
+        writeLine(text, to: &buffer)
+        buffer.writeString("\n\n")
+        return buffer
+    }
+
+    /// How long the browser waits before reconnecting: `retry: <ms>\n\n`.
+    public static func retry(milliseconds: Int) -> ByteBuffer {
+        ByteBuffer(string: "retry: \(max(0, milliseconds))\n\n")
+    }
+
+    /// A control frame: `event: <kind>\ndata: {"type":"<kind>","reason":"<reason>"}\n\n`.
+    public static func control(_ kind: ControlEvent, reason: String) -> ByteBuffer {
+        var buffer = ByteBuffer(string: "event: \(kind.rawValue)\ndata: {\"type\":\"\(kind.rawValue)\",\"reason\":")
+        buffer.writeString(JSONText.quote(reason))
+        buffer.writeString("}\n\n")
+        return buffer
+    }
+
+    /// The control frame to write when the hub ends a subscription.
+    public static func end(_ reason: EndReason) -> ByteBuffer {
+        switch reason {
+        case .revoked:
+            control(.revoked, reason: "Access to a branch of this subscription was removed.")
+        case .tokenExpired:
+            control(.tokenExpired, reason: "The token has expired; reconnect with a fresh token to resume.")
+        case .slowConsumer:
+            control(.error, reason: "slow_consumer: events arrived faster than they were read; reconnect with Last-Event-ID to resume.")
+        case .shutdown:
+            control(.error, reason: "shutdown: the server is restarting; reconnect with Last-Event-ID to resume.")
+        }
+    }
+
+    /// Writes `json`, or `{}` if empty, with any raw line break turned into a space.
+    private static func writeJSON(_ json: String, to buffer: inout ByteBuffer) {
+        if json.isEmpty {
+            buffer.writeString("{}")
+        } else {
+            writeLine(json, to: &buffer)
+        }
+    }
+
+    /// Writes `text` with every CR and LF turned into a space, so that it stays on one line.
+    private static func writeLine(_ text: String, to buffer: inout ByteBuffer) {
+        let breaks = text.utf8.contains { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") }
+        if !breaks {
+            buffer.writeString(text)
+            return
+        }
+        buffer.writeBytes(text.utf8.map { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") ? UInt8(ascii: " ") : $0 })
+    }
+}

@@ -1,0 +1,172 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+
+/// The Server-Sent Events endpoints: `GET /realtime/v1/branch/{id}`, `/realtime/v1/plan/{id}` and
+/// `/realtime/v1/stream?channel=…` (many channels on one connection).
+///
+/// A stream authenticates (header, or `access_token` for EventSource), checks every channel like REST (404 for one the
+/// caller cannot see), registers with the hub, replays what the caller missed since `Last-Event-ID` from the event log,
+/// and then writes live frames until the client leaves, the hub ends it (revoked, token expired, too slow), or the
+/// server shuts down.
+struct StreamController {
+    let hub: Hub
+    let database: Database
+    let tokens: TokenAuthority
+    /// False on a node started with the change feed off: streams are refused rather than left silent.
+    let enabled: Bool
+    /// The reconnect hint, before jitter.
+    var retryMilliseconds = 2000
+    static let catchUpBatch = 1000
+
+    func addRoutes(to router: Router<AppRequestContext>) {
+        router.get("realtime/v1/branch/:id") { request, context in
+            try await stream(request, context, channels: [.branch(try context.uuidParameter("id"))])
+        }
+        router.get("realtime/v1/plan/:id") { request, context in
+            try await stream(request, context, channels: [.plan(try context.uuidParameter("id"))])
+        }
+        router.get("realtime/v1/stream") { request, context in
+            let channels = try request.queryPairs.filter { $0.0 == "channel" }.map { try Channel(parsing: $0.1) }
+            return try await stream(request, context, channels: channels)
+        }
+    }
+
+    private func stream(_ request: Request, _ context: AppRequestContext, channels: [Channel]) async throws -> Response {
+        guard enabled else { throw APIError.notReady("The change feed is turned off on this node (REALTIME_CHANGE_FEED=0).") }
+        let (principal, expiresAt) = try await AuthMiddleware.authenticate(request, tokens: tokens, allowQueryToken: true)
+        let parameters = request.queryPairs
+        let options = try SubscriptionOptions(parameters: parameters)
+        let cursorText = request.headers[.lastEventID] ?? parameters.last(where: { $0.0 == "last_event_id" })?.1
+        var parsedCursor: Cursor?
+        if let cursorText {
+            guard let parsed = Cursor(cursorText) else { throw APIError.invalidParameter("Last-Event-ID is not a cursor of this server.") }
+            parsedCursor = parsed
+        }
+        let cursor = parsedCursor
+        try await learnAccess(of: principal, to: Set(channels))
+        let subscription = try hub.subscribe(
+            principal: principal,
+            channels: Set(channels),
+            options: options,
+            expiresAt: expiresAt,
+            after: cursor?.sequence ?? 0
+        )
+        let needsReset = try await isBeyondRetention(cursor)
+        let logger = context.logger
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream; charset=utf-8"
+        headers[.cacheControl] = "no-cache, no-transform"
+        headers[HTTPField.Name("X-Accel-Buffering")!] = "no"
+        let retry = retryMilliseconds + Int.random(in: 0...retryMilliseconds)
+        return Response(
+            status: .ok,
+            headers: headers,
+            body: ResponseBody { [hub, database] writer in
+                defer { hub.unsubscribe(subscription.id) }
+                try await writer.write(SSEFrame.retry(milliseconds: retry))
+                if needsReset {
+                    try await writer.write(SSEFrame.control(.reset, reason: "The cursor is older than the event log's retention: load a snapshot."))
+                    try await writer.finish(nil)
+                    return
+                }
+                if let cursor {
+                    var after = cursor.sequence
+                    while true {
+                        let events = try await EventLog.read(after: after, limit: Self.catchUpBatch, client: database.client, logger: logger)
+                        guard let last = events.last else { break }
+                        let missed = events.filter { !cursor.covers(sequence: $0.sequence, xid: $0.xid) }
+                        let deliveries = hub.catchUp(subscription.id, with: missed)
+                        try await writer.write(contentsOf: deliveries.compactMap(\.frameBytes))
+                        after = last.sequence
+                        if events.count < Self.catchUpBatch { break }
+                    }
+                }
+                // A stream lasts until the client leaves or the hub ends it; a graceful shutdown of the server ends it too,
+                // so that shutting down never waits on open streams.
+                let ended: EndReason? = try await withGracefulShutdownHandler {
+                    for await delivery in subscription.deliveries {
+                        switch delivery {
+                        case .frame(let bytes, _):
+                            var batch = [bytes]
+                            for more in subscription.deliveries.availableDeliveries(limit: 64) {
+                                if case .end(let reason) = more {
+                                    try await writer.write(contentsOf: batch)
+                                    return reason
+                                }
+                                if let frame = more.frameBytes { batch.append(frame) }
+                            }
+                            try await writer.write(contentsOf: batch)
+                        case .keepalive:
+                            try await writer.write(SSEFrame.keepalive)
+                        case .end(let reason):
+                            return reason
+                        }
+                    }
+                    return Task.isShuttingDownGracefully ? .shutdown : nil
+                } onGracefulShutdown: {
+                    hub.unsubscribe(subscription.id)
+                }
+                if let ended { try await writer.write(SSEFrame.end(ended)) }
+                try await writer.finish(nil)
+            }
+        )
+    }
+
+    /// Refuses channels the caller cannot see (404, as in REST), and makes sure the hub knows the plans and the
+    /// memberships the database knows — a plan or a membership created a moment ago may not have reached the hub yet.
+    private func learnAccess(of principal: Principal, to channels: Set<Channel>) async throws {
+        try await database.withRequestTransaction(as: principal) { transaction in
+            let memberships = try await transaction.memberships()
+            for channel in channels {
+                switch channel {
+                case .branch(let branch):
+                    guard Policy.decide(principal, memberships, .read, .branch, inBranch: branch) == .allowed else {
+                        throw APIError.notFound("No branch with id \(branch.uuidString.lowercased()) is visible to you.")
+                    }
+                    if principal.isService {
+                        let exists = try await !transaction.query("SELECT 1 FROM branch WHERE id = \(branch)").isEmpty
+                        if !exists { throw APIError.notFound("No branch with id \(branch.uuidString.lowercased()).") }
+                    }
+                case .plan(let plan):
+                    let rows = try await transaction.query("SELECT branch_id FROM plan WHERE id = \(plan)")
+                    guard let branch = try rows.first?.decode(UUID.self),
+                        Policy.decide(principal, memberships, .read, .plan, inBranch: branch) == .allowed
+                    else { throw APIError.notFound("No plan with id \(plan.uuidString.lowercased()) is visible to you.") }
+                    hub.setPlanBranches([plan: branch])
+                }
+            }
+            if case .user(let user) = principal { hub.learnMemberships(of: user, memberships) }
+
+        }
+    }
+
+    /// Whether events after the cursor may already have been pruned, so that resuming would miss some.
+    private func isBeyondRetention(_ cursor: Cursor?) async throws -> Bool {
+        guard let cursor else { return false }
+        if cursor.sequence > (try await EventLog.newestSequence(client: database.client, logger: database.logger)) {
+            return true  // not a cursor of this event log (e.g. from a database that was reset)
+        }
+        guard let oldest = try await EventLog.oldestSequence(client: database.client, logger: database.logger) else {
+            return false
+        }
+        return cursor.sequence < oldest - 1
+    }
+}
+
+extension Delivery {
+    /// The bytes of a frame delivery.
+    var frameBytes: ByteBuffer? {
+        if case .frame(let bytes, _) = self { return bytes }
+        return nil
+    }
+}
+
+extension HTTPField.Name {
+    /// `Last-Event-ID`, sent by EventSource when it reconnects.
+    static let lastEventID = HTTPField.Name("Last-Event-ID")!
+}

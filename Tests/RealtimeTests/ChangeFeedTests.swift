@@ -1,0 +1,265 @@
+import Foundation
+import HTTPTypes
+import PostgresNIO
+import Testing
+
+@testable import Realtime
+
+/// The change feed end to end: real PostgreSQL, the relay reading the WAL, the tailer, and real SSE connections.
+@Suite struct ChangeFeedTests {
+    /// Opens a stream at `path` (e.g. `/realtime/v1/plan/<id>`) as `principal`.
+    static func open(
+        _ client: TestServer.Client,
+        _ path: String,
+        as principal: Principal,
+        lastEventID: String? = nil
+    ) async throws -> SSEClient {
+        var headers = [("Authorization", "Bearer \(try await client.token(for: principal))")]
+        if let lastEventID { headers.append(("Last-Event-ID", lastEventID)) }
+        let stream = try await SSEClient.open(client.baseURL + path, headers: headers)
+        try #require(stream.status == 200, "stream \(path): \(stream.status.map(String.init) ?? "no answer") \(stream.errorBody)")
+        return stream
+    }
+
+    @Test func restWritesArriveOnPlanAndBranchStreamsWithTheirPayload() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let planStream = try await Self.open(client, "/realtime/v1/plan/\(plan)", as: .user(team.viewer))
+            let branchStream = try await Self.open(client, "/realtime/v1/branch/\(team.branch)", as: .user(team.viewer))
+            #expect(planStream.header("Content-Type")?.hasPrefix("text/event-stream") == true)
+
+            let task = try await team.makeTask(client, plan: plan)
+            let changed = try await client.send(.patch, "/rest/v1/tasks/\(task)", as: .user(team.editor), json: #"{"status":"done"}"#)
+            #expect(changed.status == .ok)
+            #expect(try await client.send(.delete, "/rest/v1/tasks/\(task)", as: .user(team.editor)).status == .noContent)
+
+            // INSERT task, INSERT history (taken), UPDATE task, INSERT history (taken→done), DELETE history ×2, DELETE task.
+            let frames = try await planStream.waitFor("the task's delete") { frames in
+                frames.contains { $0.table == "task" && $0.operation == "DELETE" }
+            }.filter { $0.event == "postgres_changes" }
+            let taskFrames = frames.filter { $0.table == "task" }
+            #expect(taskFrames.map(\.operation) == ["INSERT", "UPDATE", "DELETE"])
+            let insert = taskFrames[0]
+            #expect(insert.json["type"] as? String == "postgres_changes")
+            #expect(insert.json["schema"] as? String == "public")
+            #expect(insert.record["id"] as? String == task.uuidString.lowercased())
+            #expect(insert.record["title"] as? String == "Shift")
+            #expect(insert.record["status"] as? String == "taken")
+            #expect(insert.record["starts_at"] as? String == "2026-11-30T09:00:00+00:00")
+            #expect(insert.oldRecord.isEmpty)
+            #expect((insert.json["commit_timestamp"] as? String)?.hasSuffix("Z") == true)
+            #expect(Set(insert.channels) == ["plan:\(plan.uuidString.lowercased())"])
+            let update = taskFrames[1]
+            #expect(update.record["status"] as? String == "done")
+            #expect(update.oldRecord["status"] as? String == "taken")
+            #expect(update.oldRecord["title"] == nil)
+            let delete = taskFrames[2]
+            #expect(delete.oldRecord["id"] as? String == task.uuidString.lowercased())
+            let history = frames.filter { $0.table == "status_history" && $0.operation == "INSERT" }
+            #expect(history.map { $0.record["to_status"] as? String } == ["taken", "done"])
+
+            // Ids are cursors: increasing, never repeated.
+            let ids = frames.compactMap { $0.id.flatMap(Int64.init) }
+            #expect(ids.count == frames.count)
+            #expect(ids == ids.sorted() && Set(ids).count == ids.count)
+
+            // The branch stream carries the same task changes, and the plan row too.
+            let branchFrames = try await branchStream.waitFor("the task's delete on the branch") { frames in
+                frames.contains { $0.table == "task" && $0.operation == "DELETE" }
+            }
+            #expect(branchFrames.filter { $0.table == "task" }.map(\.operation) == ["INSERT", "UPDATE", "DELETE"])
+            planStream.close()
+            branchStream.close()
+        }
+    }
+
+    @Test func aMemberOfOneBranchNeverSeesAnother() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let teamA = try await Team.make(client, name: "A")
+            let teamB = try await Team.make(client, name: "B")
+            let planA = try await teamA.makePlan(client)
+            let planB = try await teamB.makePlan(client)
+            let streamA = try await Self.open(client, "/realtime/v1/stream?channel=branch:\(teamA.branch)", as: .user(teamA.viewer))
+            let streamB = try await Self.open(client, "/realtime/v1/stream?channel=branch:\(teamB.branch)", as: .user(teamB.viewer))
+
+            // Every table and operation in branch B, then one marker in branch A.
+            let taskB = try await teamB.makeTask(client, plan: planB)
+            let editorB = Principal.user(teamB.editor)
+            _ = try await client.send(.patch, "/rest/v1/tasks/\(taskB)", as: editorB, json: #"{"status":"posted"}"#)
+            let card = try await client.send(
+                .post,
+                "/rest/v1/client_cards",
+                as: editorB,
+                json: #"{"branch_id":"\#(teamB.branch)","name":"Secret client","phone":"555"}"#
+            )
+            let cardID = try #require(card.string("id"))
+            let attachment = try await client.send(
+                .post,
+                "/rest/v1/attachments",
+                as: editorB,
+                json: #"{"task_id":"\#(taskB)","file_name":"f","content_type":"t","byte_size":1,"storage_url":"u"}"#
+            )
+            #expect(attachment.status == .created)
+            _ = try await client.send(.delete, "/rest/v1/client_cards/\(cardID)", as: editorB)
+            _ = try await client.send(.delete, "/rest/v1/tasks/\(taskB)", as: editorB)
+            _ = try await client.send(.delete, "/rest/v1/plans/\(planB)", as: editorB)
+            _ = try await client.send(
+                .put,
+                "/rest/v1/branches/\(teamB.branch)/members/\(UUID())",
+                as: .service(actingUser: nil),
+                json: #"{"role":"viewer"}"#
+            )
+            let marker = try await teamA.makeTask(client, plan: planA, title: "Marker")
+
+            try await streamA.waitFor("the marker") { $0.contains { $0.record["id"] as? String == marker.uuidString.lowercased() } }
+            let framesB = try await streamB.waitFor("branch B's plan delete") { frames in
+                frames.contains { $0.table == "plan" && $0.operation == "DELETE" }
+            }
+            let branchBText = teamB.branch.uuidString.lowercased()
+            for frame in streamA.changes {
+                #expect(!frame.data.contains(branchBText), "branch A's viewer received \(frame.data)")
+                #expect(!frame.data.contains("Secret client"))
+            }
+            let seenByB = Set(framesB.filter { $0.event == "postgres_changes" }.map { "\($0.table ?? "")/\($0.operation ?? "")" })
+            #expect(
+                seenByB.isSuperset(of: [
+                    "task/INSERT", "task/UPDATE", "task/DELETE", "client_card/INSERT", "client_card/DELETE",
+                    "attachment/INSERT", "attachment/DELETE", "status_history/INSERT", "status_history/DELETE", "plan/DELETE",
+                ]))
+            streamA.close()
+            streamB.close()
+        }
+    }
+
+    @Test func changesMadeWithPlainSQLAreStreamed() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let stream = try await Self.open(client, "/realtime/v1/plan/\(plan)", as: .user(team.viewer))
+            let task = UUID()
+            try await server.withOwnerConnection { connection in
+                try await connection.query(
+                    """
+                    INSERT INTO task (id, branch_id, plan_id, title, starts_at, ends_at)
+                    VALUES (\(task), \(team.branch), \(plan), 'From psql', '2026-11-30 09:00+00', '2026-11-30 10:00+00')
+                    """,
+                    logger: server.logger
+                )
+                try await connection.query("UPDATE task SET title = 'Renamed in psql' WHERE id = \(task)", logger: server.logger)
+            }
+            let frames = try await stream.waitFor("the psql update") { frames in
+                frames.contains { $0.table == "task" && $0.operation == "UPDATE" }
+            }.filter { $0.table == "task" }
+            #expect(frames.map(\.operation) == ["INSERT", "UPDATE"])
+            #expect(frames[1].record["title"] as? String == "Renamed in psql")
+            #expect(frames[1].oldRecord["title"] as? String == "From psql")
+            stream.close()
+        }
+    }
+
+    @Test func resumingWithLastEventIDReplaysExactlyWhatWasMissed() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let first = try await Self.open(client, "/realtime/v1/plan/\(plan)?table=task", as: .user(team.viewer))
+            let one = try await team.makeTask(client, plan: plan, title: "one")
+            let seen = try await first.waitForChanges(1)
+            first.close()
+            let lastID = try #require(seen.last?.id)
+
+            // Missed while disconnected.
+            let two = try await team.makeTask(client, plan: plan, title: "two")
+            let three = try await team.makeTask(client, plan: plan, title: "three")
+            let resumed = try await Self.open(client, "/realtime/v1/plan/\(plan)?table=task", as: .user(team.viewer), lastEventID: lastID)
+            let four = try await team.makeTask(client, plan: plan, title: "four")
+            let frames = try await resumed.waitForChanges(3)
+            try await Task.sleep(for: .milliseconds(300))
+            let ids = resumed.changes.map { $0.record["id"] as? String }
+            #expect(ids == [two, three, four].map { $0.uuidString.lowercased() })
+            #expect(!ids.contains(one.uuidString.lowercased()))
+            #expect(frames.allSatisfy { Int64($0.id ?? "") ?? 0 > Int64(lastID) ?? 0 })
+            resumed.close()
+        }
+    }
+
+    @Test func streamsRefuseWhatTheCallerCannotSee() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let other = try await Team.make(client, name: "Other")
+            let plan = try await other.makePlan(client)
+            let token = try await client.token(for: .user(team.viewer))
+            for path in ["/realtime/v1/branch/\(other.branch)", "/realtime/v1/plan/\(plan)", "/realtime/v1/plan/\(UUID())"] {
+                let stream = try await SSEClient.open(client.baseURL + path, headers: [("Authorization", "Bearer \(token)")])
+                #expect(stream.status == 404, "\(path)")
+                try await stream.waitUntilFinished()
+                #expect(stream.errorBody.contains("not_found"))
+            }
+            let bad = try await SSEClient.open(client.baseURL + "/realtime/v1/stream?channel=room:1&access_token=\(token)")
+            #expect(bad.status == 400)
+            let badFilter = try await SSEClient.open(
+                client.baseURL + "/realtime/v1/branch/\(team.branch)?filter=nope=eq.1&access_token=\(token)"
+            )
+            #expect(badFilter.status == 400)
+            let noToken = try await SSEClient.open(client.baseURL + "/realtime/v1/branch/\(team.branch)")
+            #expect(noToken.status == 401)
+        }
+    }
+
+    @Test func losingMembershipRevokesTheStream() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let stream = try await Self.open(client, "/realtime/v1/branch/\(team.branch)", as: .user(team.viewer))
+            let removed = try await client.send(.delete, "/rest/v1/branches/\(team.branch)/members/\(team.viewer)", as: .user(team.admin))
+            #expect(removed.status == .noContent)
+            _ = try await team.makeTask(client, plan: plan, title: "After removal")
+            let frames = try await stream.waitFor("revoked") { $0.contains { $0.event == "revoked" } }
+            try await stream.waitUntilFinished()
+            #expect(!frames.contains { $0.record["title"] as? String == "After removal" })
+        }
+    }
+
+    @Test func snapshotThenStreamEqualsTheDatabase() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            for index in 0..<3 { _ = try await team.makeTask(client, plan: plan, title: "before \(index)") }
+            let snapshot = try await client.send(.get, "/rest/v1/plans/\(plan)/snapshot", as: .user(team.viewer))
+            #expect(snapshot.status == .ok)
+            let cursor = try #require(snapshot.string("cursor"))
+            var tasks: [String: [String: Any]] = [:]
+            for task in snapshot.object["tasks"] as? [[String: Any]] ?? [] { tasks[task["id"] as? String ?? ""] = task }
+            #expect(tasks.count == 3)
+
+            let stream = try await Self.open(client, "/realtime/v1/plan/\(plan)?table=task", as: .user(team.viewer), lastEventID: cursor)
+            let added = try await team.makeTask(client, plan: plan, title: "after")
+            let someTask = try #require(tasks.keys.first)
+            _ = try await client.send(.patch, "/rest/v1/tasks/\(someTask)", as: .user(team.editor), json: #"{"title":"changed"}"#)
+            let frames = try await stream.waitForChanges(2)
+            for frame in frames {
+                switch frame.operation {
+                case "DELETE": tasks[frame.oldRecord["id"] as? String ?? ""] = nil
+                default:
+                    var row = tasks[frame.record["id"] as? String ?? ""] ?? [:]
+                    for (key, value) in frame.record { row[key] = value }
+                    tasks[frame.record["id"] as? String ?? ""] = row
+                }
+            }
+            #expect(frames.count == 2)
+            #expect(tasks[added.uuidString.lowercased()]?["title"] as? String == "after")
+            let truth = try await client.send(.get, "/rest/v1/tasks?plan_id=eq.\(plan)", as: .user(team.viewer))
+            #expect(
+                Set(truth.array.map { "\($0["id"] ?? "")|\($0["title"] ?? "")" })
+                    == Set(tasks.values.map { "\($0["id"] ?? "")|\($0["title"] ?? "")" }))
+            stream.close()
+        }
+    }
+}
