@@ -1,5 +1,9 @@
+import AsyncHTTPClient
 import Foundation
 import HTTPTypes
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
 import PostgresNIO
 import Testing
 
@@ -260,6 +264,59 @@ import Testing
                 Set(truth.array.map { "\($0["id"] ?? "")|\($0["title"] ?? "")" })
                     == Set(tasks.values.map { "\($0["id"] ?? "")|\($0["title"] ?? "")" }))
             stream.close()
+        }
+    }
+
+    @Test func pollingReturnsTheSameEventsAndLongPollsForNewOnes() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let other = try await Team.make(client, name: "Other")
+            let plan = try await team.makePlan(client)
+            let otherPlan = try await other.makePlan(client)
+            let task = try await team.makeTask(client, plan: plan)
+            _ = try await other.makeTask(client, plan: otherPlan)
+            let viewer = Principal.user(team.viewer)
+
+            // The relay logs asynchronously: poll until the task's insert is there.
+            var first = try await client.send(.get, "/realtime/v1/changes?channel=branch:\(team.branch)&table=task&wait=10", as: viewer)
+            #expect(first.status == .ok)
+            let events = first.object["events"] as? [[String: Any]] ?? []
+            #expect(events.map { ($0["record"] as? [String: Any])?["id"] as? String } == [task.uuidString.lowercased()])
+            #expect(events.first?["event"] as? String == "INSERT")
+            #expect(events.first?["id"] as? String != nil)
+            let cursor = try #require(first.string("cursor"))
+
+            // Nothing new: an empty answer with the same cursor.
+            first = try await client.send(.get, "/realtime/v1/changes?channel=branch:\(team.branch)&table=task&after=\(cursor)", as: viewer)
+            #expect((first.object["events"] as? [Any])?.isEmpty == true)
+
+            // A long poll answers as soon as something new is committed (on a connection of its own: the test client
+            // sends one request at a time).
+            var longPoll = HTTPClientRequest(
+                url: client.baseURL + "/realtime/v1/changes?channel=branch:\(team.branch)&table=task&after=\(cursor)&wait=20"
+            )
+            longPoll.headers.add(name: "Authorization", value: "Bearer \(try await client.token(for: viewer))")
+            let request = longPoll
+            async let waiting = HTTPClient.shared.execute(request, timeout: .seconds(40))
+            try await Task.sleep(for: .milliseconds(300))
+            _ = try await client.send(.patch, "/rest/v1/tasks/\(task)", as: .user(team.editor), json: #"{"status":"done"}"#)
+            let started = ContinuousClock.now
+            let response = try await waiting
+            let body = try await response.body.collect(upTo: 1 << 20)
+            #expect(ContinuousClock.now - started < .seconds(10))
+            let woken = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] ?? [:]
+            let update = (woken["events"] as? [[String: Any]])?.first
+            #expect(update?["event"] as? String == "UPDATE")
+            #expect((update?["old_record"] as? [String: Any])?["status"] as? String == "taken")
+
+            // The same rules as streams: another branch is 404, bad parameters are 400.
+            let hidden = try await client.send(.get, "/realtime/v1/changes?channel=branch:\(other.branch)", as: viewer)
+            #expect(hidden.status == .notFound)
+            for query in ["channel=branch:\(team.branch)&wait=31", "channel=branch:\(team.branch)&limit=0", "channel=nope", ""] {
+                let bad = try await client.send(.get, "/realtime/v1/changes?\(query)", as: viewer)
+                #expect(bad.status == .badRequest, "\(query)")
+            }
         }
     }
 }

@@ -40,11 +40,27 @@ struct EventFanOut {
 
     /// The frame for a subscriber reached by the deliveries in `mask`, or nil if it may not or does not want to see it.
     mutating func frame(for subscriber: Subscriber, mask: UInt8, memberships: Memberships) -> ByteBuffer? {
+        guard let (operation, readable) = decide(for: subscriber.principal, options: subscriber.options, mask: mask, memberships: memberships)
+        else { return nil }
+        if let frame = frames.first(where: { $0.operation == operation && $0.mask == readable }) { return frame.bytes }
+        let bytes = SSEFrame.change(event.delivered(as: operation), channels: channels(readable))
+        frames.append((operation, readable, bytes))
+        return bytes
+    }
+
+    /// How a principal reached by the deliveries in `mask` sees the event: the operation it is delivered as and the
+    /// deliveries it may read; nil when it may not or does not want to see it. Polls use this directly.
+    mutating func decide(
+        for principal: Principal,
+        options: SubscriptionOptions,
+        mask: UInt8,
+        memberships: Memberships
+    ) -> (operation: ChangeEvent.Operation, readable: UInt8)? {
         var readable: UInt8 = 0
         var before = false
         var after = false
         for (index, delivery) in deliveries.enumerated() where mask & (1 << index) != 0 {
-            guard mayRead(delivery, subscriber.principal, memberships) else { continue }
+            guard mayRead(delivery, principal, memberships) else { continue }
             readable |= 1 << index
             before = before || delivery.operation != .insert
             after = after || delivery.operation != .delete
@@ -53,13 +69,13 @@ struct EventFanOut {
         let operation: ChangeEvent.Operation = before && after ? .update : before ? .delete : .insert
         let wanted =
             operation == .delete && event.operation == .delete
-            ? subscriber.options.matches(table: event.table, operation: operation, row: &oldRow)
-            : subscriber.options.matches(table: event.table, operation: operation, row: &newRow)
-        guard wanted else { return nil }
-        if let frame = frames.first(where: { $0.operation == operation && $0.mask == readable }) { return frame.bytes }
-        let channels = deliveries.indices.filter { readable & (1 << $0) != 0 }.map { deliveries[$0].channel }
-        let bytes = SSEFrame.change(event.delivered(as: operation), channels: channels)
-        frames.append((operation, readable, bytes))
-        return bytes
+            ? options.matches(table: event.table, operation: operation, row: &oldRow)
+            : options.matches(table: event.table, operation: operation, row: &newRow)
+        return wanted ? (operation, readable) : nil
+    }
+
+    /// The channels of the deliveries in `mask`.
+    func channels(_ mask: UInt8) -> [Channel] {
+        deliveries.indices.filter { mask & (1 << $0) != 0 }.map { deliveries[$0].channel }
     }
 }

@@ -78,6 +78,8 @@ public final class Hub: Sendable {
     /// - Parameters:
     ///   - expiresAt: when its token expires; ``sweep(now:)`` (and any publish after it) then ends it as `tokenExpired`.
     ///   - after: the cursor it already has (`Last-Event-ID`): no event up to it is delivered.
+    ///   - snapshot: for a cursor from a snapshot, the transactions that snapshot saw: their events, which the relay
+    ///     may log only after the snapshot was taken, are not delivered either.
     /// - Throws: `APIError` 400 `invalid_parameter` for no or too many channels; 404 `not_found` for a channel the
     ///   principal may not read (a user who is not a member of its branch, or a plan the hub does not know, which the
     ///   caller may look up and register with ``setPlanBranches(_:)`` before retrying); 503 `not_ready` after shutdown.
@@ -86,7 +88,8 @@ public final class Hub: Sendable {
         channels: Set<Channel>,
         options: SubscriptionOptions = SubscriptionOptions(),
         expiresAt: Date? = nil,
-        after cursor: Int64 = 0
+        after cursor: Int64 = 0,
+        snapshot: Cursor.Snapshot? = nil
     ) throws(APIError) -> Subscription {
         guard !channels.isEmpty else { throw .invalidParameter("Name at least one channel, e.g. channel=branch:<uuid>.") }
         guard channels.count <= Channel.maxPerSubscription else {
@@ -106,7 +109,8 @@ public final class Hub: Sendable {
                 options: options,
                 expiresAt: expiresAt,
                 mailbox: mailbox,
-                lastSequence: cursor
+                lastSequence: cursor,
+                snapshot: snapshot
             )
             state.add(subscriber)
         }
@@ -154,6 +158,7 @@ public final class Hub: Sendable {
             var frames: [Delivery] = []
             var readThrough = subscriber.mailbox.readThrough
             for event in events where event.sequence > readThrough {
+                if let snapshot = subscriber.snapshot, snapshot.sawCommitted(event.xid) { continue }
                 var fanOut = EventFanOut(event)
                 let mask = fanOut.mask(for: subscriber.channels)
                 guard mask != 0 else { continue }
@@ -292,6 +297,7 @@ private struct HubState {
             let mask = subscriber.deliveryMask
             subscriber.deliveryMask = 0
             guard event.sequence > subscriber.lastSequence else { continue }
+            if let snapshot = subscriber.snapshot, snapshot.sawCommitted(event.xid) { continue }
             if subscriber.isExpired(at: now) {
                 ended.append((subscriber, .tokenExpired))
                 continue

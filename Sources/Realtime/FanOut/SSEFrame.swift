@@ -32,7 +32,22 @@ public enum SSEFrame {
     public static func change(_ event: ChangeEvent, channels: [Channel]) -> ByteBuffer {
         var buffer = ByteBufferAllocator().buffer(capacity: 256 + event.record.utf8.count + event.oldRecord.utf8.count + channels.count * 48)
         buffer.writeString("id: \(event.sequence)\nevent: \(changeEventName)\ndata: ")
-        buffer.writeString(#"{"type":"postgres_changes","schema":"public","table":"#)
+        writeChangeJSON(event, channels: channels, id: nil, to: &buffer)
+        buffer.writeString("\n\n")
+        return buffer
+    }
+
+    /// The JSON object of a change, as in a frame's data; with `id` (its cursor) first when given, for polls.
+    static func changeJSON(_ event: ChangeEvent, channels: [Channel], id: Int64?) -> String {
+        var buffer = ByteBufferAllocator().buffer(capacity: 256 + event.record.utf8.count + event.oldRecord.utf8.count)
+        writeChangeJSON(event, channels: channels, id: id, to: &buffer)
+        return String(buffer: buffer)
+    }
+
+    private static func writeChangeJSON(_ event: ChangeEvent, channels: [Channel], id: Int64?, to buffer: inout ByteBuffer) {
+        buffer.writeString("{")
+        if let id { buffer.writeString(#""id":"\#(id)","#) }
+        buffer.writeString(#""type":"postgres_changes","schema":"public","table":"#)
         buffer.writeString(JSONText.quote(event.table))
         buffer.writeString(#","event":""#)
         buffer.writeString(event.operation.rawValue)
@@ -47,8 +62,7 @@ public enum SSEFrame {
         writeJSON(event.record, to: &buffer)
         buffer.writeString(#","old_record":"#)
         writeJSON(event.oldRecord, to: &buffer)
-        buffer.writeString("}\n\n")
-        return buffer
+        buffer.writeString("}")
     }
 
     /// A comment line, ignored by browsers: `: <text>\n\n`.

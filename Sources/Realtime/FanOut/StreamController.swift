@@ -34,6 +34,9 @@ struct StreamController {
             let channels = try request.queryPairs.filter { $0.0 == "channel" }.map { try Channel(parsing: $0.1) }
             return try await stream(request, context, channels: channels)
         }
+        router.get("realtime/v1/changes") { request, context in
+            try await poll(request, context)
+        }
     }
 
     private func stream(_ request: Request, _ context: AppRequestContext, channels: [Channel]) async throws -> Response {
@@ -54,7 +57,8 @@ struct StreamController {
             channels: Set(channels),
             options: options,
             expiresAt: expiresAt,
-            after: cursor?.sequence ?? 0
+            after: cursor?.sequence ?? 0,
+            snapshot: cursor?.snapshot
         )
         let needsReset = try await isBeyondRetention(cursor)
         let logger = context.logger
@@ -79,8 +83,7 @@ struct StreamController {
                     while true {
                         let events = try await EventLog.read(after: after, limit: Self.catchUpBatch, client: database.client, logger: logger)
                         guard let last = events.last else { break }
-                        let missed = events.filter { !cursor.covers(sequence: $0.sequence, xid: $0.xid) }
-                        let deliveries = hub.catchUp(subscription.id, with: missed)
+                        let deliveries = hub.catchUp(subscription.id, with: events)
                         try await writer.write(contentsOf: deliveries.compactMap(\.frameBytes))
                         after = last.sequence
                         if events.count < Self.catchUpBatch { break }
@@ -117,9 +120,71 @@ struct StreamController {
         )
     }
 
+    /// The most a poll may wait for new events, and the most events it returns.
+    static let maxPollWait = 30
+    static let maxPollLimit = 1000
+
+    /// `GET /realtime/v1/changes?channel=…&after=<cursor>&limit=…&wait=<seconds>`: the events a stream would carry,
+    /// as `{"events":[…],"cursor":"…"}`; with `wait`, a long poll that answers as soon as there is something new.
+    private func poll(_ request: Request, _ context: AppRequestContext) async throws -> Response {
+        guard enabled else { throw APIError.notReady("The change feed is turned off on this node (REALTIME_CHANGE_FEED=0).") }
+        let (principal, _) = try await AuthMiddleware.authenticate(request, tokens: tokens, allowQueryToken: true)
+        let parameters = request.queryPairs
+        let channels = try Set(parameters.filter { $0.0 == "channel" }.map { try Channel(parsing: $0.1) })
+        guard !channels.isEmpty else { throw APIError.invalidParameter("Name at least one channel, e.g. channel=branch:<uuid>.") }
+        guard channels.count <= Channel.maxPerSubscription else {
+            throw APIError.invalidParameter("A poll takes at most \(Channel.maxPerSubscription) channels.")
+        }
+        let options = try SubscriptionOptions(parameters: parameters)
+        var cursor = Cursor(sequence: 0)
+        if let text = parameters.last(where: { $0.0 == "after" })?.1 {
+            guard let parsed = Cursor(text) else { throw APIError.invalidParameter("after is not a cursor of this server.") }
+            cursor = parsed
+        }
+        let limit = try Self.integer(parameters, "limit", default: 100, in: 1...Self.maxPollLimit)
+        let wait = try Self.integer(parameters, "wait", default: 0, in: 0...Self.maxPollWait)
+        let memberships = try await learnAccess(of: principal, to: channels)
+        if try await isBeyondRetention(cursor) {
+            throw APIError(.gone, code: "cursor_expired", message: "The cursor is older than the event log's retention: load a snapshot.")
+        }
+        let deadline = ContinuousClock.now + .seconds(wait)
+        var scanned = cursor.sequence
+        var found: [String] = []
+        while true {
+            while found.count < limit {
+                let events = try await EventLog.read(after: scanned, limit: Self.catchUpBatch, client: database.client, logger: context.logger)
+                for event in events where found.count < limit {
+                    scanned = event.sequence
+                    guard !cursor.covers(sequence: event.sequence, xid: event.xid) else { continue }
+                    var fanOut = EventFanOut(event)
+                    let mask = fanOut.mask(for: channels)
+                    guard mask != 0,
+                        let (operation, readable) = fanOut.decide(for: principal, options: options, mask: mask, memberships: memberships)
+                    else { continue }
+                    found.append(SSEFrame.changeJSON(event.delivered(as: operation), channels: fanOut.channels(readable), id: event.sequence))
+                }
+                if events.count < Self.catchUpBatch { break }
+            }
+            if !found.isEmpty || ContinuousClock.now >= deadline || Task.isShuttingDownGracefully { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        // A snapshot cursor keeps its snapshot until the poll has passed events, so that none is repeated.
+        let next = scanned > cursor.sequence ? Cursor(sequence: scanned, snapshot: cursor.snapshot) : cursor
+        return .json(.ok, #"{"events":["# + found.joined(separator: ",") + #"],"cursor":"# + JSONText.quote(next.description) + "}")
+    }
+
+    private static func integer(_ parameters: [(String, String)], _ name: String, default value: Int, in range: ClosedRange<Int>) throws -> Int {
+        guard let text = parameters.last(where: { $0.0 == name })?.1 else { return value }
+        guard let number = Int(text), range.contains(number) else {
+            throw APIError.invalidParameter("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound).")
+        }
+        return number
+    }
+
     /// Refuses channels the caller cannot see (404, as in REST), and makes sure the hub knows the plans and the
     /// memberships the database knows — a plan or a membership created a moment ago may not have reached the hub yet.
-    private func learnAccess(of principal: Principal, to channels: Set<Channel>) async throws {
+    @discardableResult
+    private func learnAccess(of principal: Principal, to channels: Set<Channel>) async throws -> Memberships {
         try await database.withRequestTransaction(as: principal) { transaction in
             let memberships = try await transaction.memberships()
             for channel in channels {
@@ -141,7 +206,7 @@ struct StreamController {
                 }
             }
             if case .user(let user) = principal { hub.learnMemberships(of: user, memberships) }
-
+            return memberships
         }
     }
 

@@ -29,6 +29,8 @@ final class Subscriber {
     let mailbox: Mailbox
     /// The highest sequence offered to it; it is never offered that or an earlier one again.
     var lastSequence: Int64
+    /// For a subscription that resumes from a snapshot's cursor: the transactions the snapshot already holds.
+    let snapshot: Cursor.Snapshot?
     /// While one event fans out: which of its deliveries reach this subscriber, one bit per delivery.
     var deliveryMask: UInt8 = 0
 
@@ -40,8 +42,10 @@ final class Subscriber {
         options: SubscriptionOptions,
         expiresAt: Date?,
         mailbox: Mailbox,
-        lastSequence: Int64
+        lastSequence: Int64,
+        snapshot: Cursor.Snapshot? = nil
     ) {
+        self.snapshot = snapshot
         self.id = id
         self.principal = principal
         self.channels = channels
