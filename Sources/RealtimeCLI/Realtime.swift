@@ -104,6 +104,21 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Connections to PostgreSQL in the pool (env REALTIME_DB_POOL_SIZE, default 20).")
     var dbPoolSize: Int?
 
+    @Option(help: "Seconds between keepalive comments on idle streams (env REALTIME_KEEPALIVE_SECONDS, default 15).")
+    var keepaliveSeconds: Int?
+
+    @Option(help: "Frames a stream may have unsent before it is cut off as slow (env REALTIME_SUBSCRIBER_BUFFER, default 1024).")
+    var subscriberBuffer: Int?
+
+    @Option(help: "Hours the event log keeps events for resuming (env REALTIME_EVENT_RETENTION_HOURS, default 24).")
+    var eventRetentionHours: Int?
+
+    @Flag(help: "Keep this node out of the relay election (env REALTIME_RELAY=0).")
+    var noRelay = false
+
+    @Flag(help: "Serve REST only: no relay, tailer, streams or polls (env REALTIME_CHANGE_FEED=0).")
+    var noChangeFeed = false
+
     func run() async throws {
         try await reportingErrors {
             var configuration = try options.configuration()
@@ -112,6 +127,15 @@ struct Serve: AsyncParsableCommand {
             if noDemo { configuration.seedDemo = false }
             if let maxBodyBytes { configuration.maxBodyBytes = maxBodyBytes }
             if let dbPoolSize { configuration.databasePoolSize = dbPoolSize }
+            if let keepaliveSeconds { configuration.keepaliveSeconds = try Configuration.int("\(keepaliveSeconds)", "--keepalive-seconds", 1...3600) }
+            if let subscriberBuffer {
+                configuration.subscriberBufferLimit = try Configuration.int("\(subscriberBuffer)", "--subscriber-buffer", 16...1_000_000)
+            }
+            if let eventRetentionHours {
+                configuration.eventRetentionHours = try Configuration.int("\(eventRetentionHours)", "--event-retention-hours", 1...24 * 365)
+            }
+            if noRelay { configuration.runsRelay = false }
+            if noChangeFeed { configuration.changeFeedEnabled = false }
             try await serve(configuration)
         }
     }

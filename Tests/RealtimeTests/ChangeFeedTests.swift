@@ -319,4 +319,34 @@ import Testing
             }
         }
     }
+
+    @Test func metricsCountEventsStreamsAndDelay() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let stream = try await Self.open(client, "/realtime/v1/plan/\(plan)", as: .user(team.viewer))
+            _ = try await team.makeTask(client, plan: plan)
+            // The plan's own INSERT may arrive first (the relay logs asynchronously): wait for the task's.
+            try await stream.waitFor("the task's insert") { $0.contains { $0.table == "task" } }
+            let open = try await client.send(.get, "/metrics", as: nil)
+            #expect(open.status == .ok)
+            #expect(open.headers[.contentType]?.hasPrefix("text/plain") == true)
+            #expect(open.text.contains("realtime_open_streams 1"))
+            #expect(Self.value(of: "realtime_events_in_total", in: open.text) ?? 0 >= 2)
+            #expect(Self.value(of: "realtime_frames_out_total", in: open.text) ?? 0 >= 1)
+            #expect(Self.value(of: #"realtime_delay_ms_count{table="task"}"#, in: open.text) ?? 0 >= 1, "\(open.text)")
+            #expect(open.text.contains("realtime_relay_lag_bytes"))
+            stream.close()
+            try await Task.sleep(for: .milliseconds(500))
+            let closed = try await client.send(.get, "/metrics", as: nil)
+            #expect(closed.text.contains("realtime_open_streams 0"))
+            #expect(Self.value(of: #"realtime_disconnects_total{reason="client_closed"}"#, in: closed.text) == 1)
+        }
+    }
+
+    /// The value of a sample line `name value` in a Prometheus exposition.
+    static func value(of sample: String, in text: String) -> Double? {
+        text.split(separator: "\n").first { $0.hasPrefix(sample + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+    }
 }

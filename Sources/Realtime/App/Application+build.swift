@@ -28,7 +28,10 @@ public func buildApplication(
 
     let gate = StartupGate()
     let hub = Hub(bufferLimit: configuration.subscriberBufferLimit, logger: logger)
-    StreamController(hub: hub, database: database, tokens: tokens, enabled: configuration.changeFeedEnabled).addRoutes(to: router)
+    let metrics = FeedMetrics()
+    StreamController(hub: hub, database: database, tokens: tokens, metrics: metrics, enabled: configuration.changeFeedEnabled)
+        .addRoutes(to: router)
+    MetricsController(metrics: metrics, hub: hub, database: database, slot: Relay.slotName(for: endpoint.database)).addRoutes(to: router)
 
     let rest = router.group("rest/v1").add(middleware: AuthMiddleware(tokens: tokens))
     SnapshotController(database: database).addRoutes(to: rest)
@@ -43,7 +46,10 @@ public func buildApplication(
         gate: gate,
         logger: logger,
         prepare: { try await FeedBootstrap.load(into: hub, client: database.client, logger: logger) },
-        deliver: { hub.publish($0) }
+        deliver: { events in
+            metrics.recordFanOut(of: events)
+            hub.publish(events)
+        }
     )
     var services: [any Service] = [
         database.client,

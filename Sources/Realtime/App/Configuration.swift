@@ -71,7 +71,7 @@ public struct Configuration: Sendable {
         return configuration
     }
 
-    static func int(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+    public static func int(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
         guard let value = Int(text), range.contains(value) else {
             throw ConfigurationError("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound); got '\(text)'.")
         }

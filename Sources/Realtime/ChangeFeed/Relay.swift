@@ -52,6 +52,7 @@ public struct Relay: Service {
             } catch is CancellationError {
                 return
             } catch {
+                if Task.isShuttingDownGracefully || Task.isCancelled { return }
                 logger.warning("relay stopped; retrying", metadata: ["error": "\(String(reflecting: error))"])
                 let delay = backoff
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }

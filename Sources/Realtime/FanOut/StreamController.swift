@@ -17,6 +17,7 @@ struct StreamController {
     let hub: Hub
     let database: Database
     let tokens: TokenAuthority
+    let metrics: FeedMetrics
     /// False on a node started with the change feed off: streams are refused rather than left silent.
     let enabled: Bool
     /// The reconnect hint, before jitter.
@@ -70,8 +71,13 @@ struct StreamController {
         return Response(
             status: .ok,
             headers: headers,
-            body: ResponseBody { [hub, database] writer in
-                defer { hub.unsubscribe(subscription.id) }
+            body: ResponseBody { [hub, database, metrics] writer in
+                metrics.streamOpened()
+                var endedBy = "client_closed"
+                defer {
+                    hub.unsubscribe(subscription.id)
+                    metrics.streamClosed(endedBy)
+                }
                 try await writer.write(SSEFrame.retry(milliseconds: retry))
                 if needsReset {
                     try await writer.write(SSEFrame.control(.reset, reason: "The cursor is older than the event log's retention: load a snapshot."))
@@ -83,38 +89,49 @@ struct StreamController {
                     while true {
                         let events = try await EventLog.read(after: after, limit: Self.catchUpBatch, client: database.client, logger: logger)
                         guard let last = events.last else { break }
-                        let deliveries = hub.catchUp(subscription.id, with: events)
-                        try await writer.write(contentsOf: deliveries.compactMap(\.frameBytes))
+                        let frames = hub.catchUp(subscription.id, with: events).compactMap(\.frameBytes)
+                        try await writer.write(contentsOf: frames)
+                        metrics.framesWritten(frames.count)
                         after = last.sequence
                         if events.count < Self.catchUpBatch { break }
                     }
                 }
-                // A stream lasts until the client leaves or the hub ends it; a graceful shutdown of the server ends it too,
-                // so that shutting down never waits on open streams.
-                let ended: EndReason? = try await withGracefulShutdownHandler {
-                    for await delivery in subscription.deliveries {
-                        switch delivery {
-                        case .frame(let bytes, _):
-                            var batch = [bytes]
-                            for more in subscription.deliveries.availableDeliveries(limit: 64) {
-                                if case .end(let reason) = more {
-                                    try await writer.write(contentsOf: batch)
-                                    return reason
+                // A stream lasts until the client leaves (its side of the connection closes: we stop at once rather than
+                // at the next write), the hub ends it, or the server shuts down gracefully — so that shutting down never
+                // waits on open streams.
+                let ended: EndReason? = try await request.body.consumeWithInboundCloseHandler { _ in
+                    try await withGracefulShutdownHandler {
+                        for await delivery in subscription.deliveries {
+                            switch delivery {
+                            case .frame(let bytes, _):
+                                var batch = [bytes]
+                                for more in subscription.deliveries.availableDeliveries(limit: 64) {
+                                    if case .end(let reason) = more {
+                                        try await writer.write(contentsOf: batch)
+                                        metrics.framesWritten(batch.count)
+                                        return reason
+                                    }
+                                    if let frame = more.frameBytes { batch.append(frame) }
                                 }
-                                if let frame = more.frameBytes { batch.append(frame) }
+                                try await writer.write(contentsOf: batch)
+                                metrics.framesWritten(batch.count)
+                            case .keepalive:
+                                try await writer.write(SSEFrame.keepalive)
+                            case .end(let reason):
+                                return reason
                             }
-                            try await writer.write(contentsOf: batch)
-                        case .keepalive:
-                            try await writer.write(SSEFrame.keepalive)
-                        case .end(let reason):
-                            return reason
                         }
+                        return Task.isShuttingDownGracefully ? .shutdown : nil
+                    } onGracefulShutdown: {
+                        hub.unsubscribe(subscription.id)
                     }
-                    return Task.isShuttingDownGracefully ? .shutdown : nil
-                } onGracefulShutdown: {
+                } onInboundClosed: {
                     hub.unsubscribe(subscription.id)
                 }
-                if let ended { try await writer.write(SSEFrame.end(ended)) }
+                if let ended {
+                    endedBy = ended.metricLabel
+                    try await writer.write(SSEFrame.end(ended))
+                }
                 try await writer.finish(nil)
             }
         )

@@ -1,0 +1,25 @@
+import Hummingbird
+import NIOCore
+import PostgresNIO
+import Prometheus
+
+/// `GET /metrics`: the change feed's figures in Prometheus' text format, with the relay's lag read at each scrape.
+struct MetricsController {
+    let metrics: FeedMetrics
+    let hub: Hub
+    let database: Database
+    let slot: String
+
+    func addRoutes(to router: Router<AppRequestContext>) {
+        router.get("metrics") { _, context in
+            let lag = try? await database.client.query(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8 FROM pg_replication_slots WHERE slot_name = \(slot)",
+                logger: context.logger
+            ).decode(Double?.self).reduce(into: Double?.none) { $0 = $1 }
+            if let lag = lag ?? nil { metrics.relayLagBytes.set(to: lag) }
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
+        }
+    }
+}
