@@ -2,12 +2,8 @@ import Foundation
 
 /// One decoded row change from pgoutput.
 public struct WALRowChange: Sendable, Equatable {
-    /// What happened to the row.
-    public enum Operation: String, Sendable {
-        case insert = "INSERT"
-        case update = "UPDATE"
-        case delete = "DELETE"
-    }
+    /// What happened to the row: the same three operations as the events made of it.
+    public typealias Operation = ChangeEvent.Operation
 
     /// The table's schema, e.g. `public`.
     public var schema: String

@@ -61,23 +61,7 @@ struct TestServer {
 
     /// A connection to the test database as its owner (a superuser), for checks that go around the API.
     func withOwnerConnection<Result: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> Result) async throws -> Result {
-        let configuration = PostgresConnection.Configuration(
-            host: endpoint.host,
-            port: endpoint.port,
-            username: endpoint.username,
-            password: endpoint.password,
-            database: endpoint.database,
-            tls: .disable
-        )
-        let connection = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger)
-        do {
-            let result = try await body(connection)
-            try await connection.close()
-            return result
-        } catch {
-            try? await connection.close()
-            throw error
-        }
+        try await TestCluster.withConnection(to: endpoint, body)
     }
 
     /// A client that speaks JSON to the server with a chosen principal's token.
