@@ -69,6 +69,21 @@ public func buildApplication(
     app.beforeServerStarts {
         let applied = try await Migrator(files: migrations, logger: logger).migrate(client: database.client)
         logger.info("migrations are up to date", metadata: ["applied_now": "\(applied.count)", "total": "\(migrations.count)"])
+        if configuration.changeFeedEnabled {
+            // The slot must exist before the first request is served: a change committed before the slot is created
+            // is never decoded, so it would never reach the event log.
+            let stream = LogicalReplicationStream(
+                conninfo: LogicalReplicationStream.conninfo(for: endpoint),
+                slot: Relay.slotName(for: endpoint.database),
+                publication: Relay.publicationName,
+                logger: logger
+            )
+            let created = try await stream.ensureSlot(nudge: {
+                // A checkpoint logs the running transactions, which slot creation waits for.
+                _ = try? await database.client.query("CHECKPOINT", logger: logger)
+            })
+            if created { logger.info("created the replication slot", metadata: ["slot": "\(stream.slot)"]) }
+        }
         try await afterMigrations?(database.client)
         gate.open()
     }

@@ -28,9 +28,12 @@ public struct Relay: Service {
         self.endpoint = endpoint
         self.gate = gate
         self.slot = Self.slotName(for: endpoint.database)
-        self.publication = "realtime_changes"
+        self.publication = Self.publicationName
         self.logger = logger
     }
+
+    /// The publication of migration 0003.
+    static let publicationName = "realtime_changes"
 
     /// One slot per database, since slots belong to the whole cluster: `realtime_<database>`.
     static func slotName(for database: String) -> String {
@@ -46,30 +49,36 @@ public struct Relay: Service {
         }
         var backoff = Duration.milliseconds(200)
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let attempt = LeadAttempt()
             do {
-                try await cancelWhenGracefulShutdown { try await leadWhenElected() }
+                try await cancelWhenGracefulShutdown { try await leadWhenElected(attempt) }
                 backoff = .milliseconds(200)
             } catch is CancellationError {
                 return
             } catch {
                 if Task.isShuttingDownGracefully || Task.isCancelled { return }
+                // Only failures in a row back off: a relay that was working when it failed retries at once.
+                if attempt.wasWorking(longerThan: Self.maximumBackoff) { backoff = .milliseconds(200) }
                 logger.warning("relay stopped; retrying", metadata: ["error": "\(String(reflecting: error))"])
                 let delay = backoff
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
-                backoff = min(backoff * 2, .seconds(5))
+                backoff = min(backoff * 2, Self.maximumBackoff)
             }
         }
     }
 
+    /// The longest wait before trying again after failures in a row.
+    static let maximumBackoff: Duration = .seconds(5)
+
     /// Waits for the lock on a dedicated connection, then relays until the connection or the stream fails.
-    private func leadWhenElected() async throws {
+    private func leadWhenElected(_ attempt: LeadAttempt) async throws {
         let connection = try await PostgresConnection.connect(
             configuration: DatabaseProbe.connectionConfiguration(endpoint),
             id: Int.random(in: 1...Int(Int32.max)),
             logger: logger
         )
         do {
-            try await lead(on: connection)
+            try await lead(on: connection, attempt)
         } catch {
             try? await connection.close()
             throw error
@@ -77,21 +86,24 @@ public struct Relay: Service {
         try? await connection.close()
     }
 
-    private func lead(on connection: PostgresConnection) async throws {
+    private func lead(on connection: PostgresConnection, _ attempt: LeadAttempt) async throws {
         while true {
             try Task.checkCancellation()
-            let locked = try await connection.query("SELECT pg_try_advisory_lock(\(Self.lockKey))", logger: logger)
-            var acquired = false
-            for try await value in locked.decode(Bool.self) { acquired = value }
+            let acquired = try await Self.whileOpen(connection) { [logger] in
+                let locked = try await connection.query("SELECT pg_try_advisory_lock(\(Self.lockKey))", logger: logger)
+                var acquired = false
+                for try await value in locked.decode(Bool.self) { acquired = value }
+                return acquired
+            }
             if acquired { break }
             try await Task.sleep(for: retryInterval)
         }
         logger.info("this node is now the relay", metadata: ["slot": "\(slot)"])
         defer { logger.info("this node stopped relaying", metadata: ["slot": "\(slot)"]) }
-        try await relay(on: connection)
+        try await relay(on: connection, attempt)
     }
 
-    private func relay(on connection: PostgresConnection) async throws {
+    private func relay(on connection: PostgresConnection, _ attempt: LeadAttempt) async throws {
         let stream = LogicalReplicationStream(
             conninfo: LogicalReplicationStream.conninfo(for: endpoint),
             slot: slot,
@@ -100,10 +112,11 @@ public struct Relay: Service {
         )
         let created = try await stream.ensureSlot(nudge: { [logger] in
             // A checkpoint logs the running transactions, which slot creation waits for; without the right, it waits.
-            _ = try? await connection.query("CHECKPOINT", logger: logger)
+            try? await Self.whileOpen(connection) { _ = try await connection.query("CHECKPOINT", logger: logger) }
         })
         if created { logger.info("created the replication slot", metadata: ["slot": "\(slot)"]) }
         defer { stream.stop() }
+        attempt.startedRelaying()
         let pending = PendingTransactions()
         try await withThrowingTaskGroup(of: Void.self) { group in
             // Decoding: transactions queue up while the previous batch is being written, and form the next batch.
@@ -115,19 +128,54 @@ public struct Relay: Service {
             // Writing: one database transaction per batch, then the slot's flush position.
             group.addTask {
                 while let batch = await pending.next() {
-                    try await write(batch, on: connection)
+                    try await Self.whileOpen(connection) { try await write(batch, on: connection) }
                     if let last = batch.last { stream.confirm(last.endLSN) }
+                    attempt.wroteBatch()
                 }
             }
             // Leadership: the lock lives as long as this connection answers.
             group.addTask {
                 while true {
                     try await Task.sleep(for: retryInterval)
-                    try await connection.query("SELECT 1", logger: logger)
+                    try await Self.whileOpen(connection) { _ = try await connection.query("SELECT 1", logger: logger) }
                 }
             }
             try await group.next()
             group.cancelAll()
+        }
+    }
+
+    /// Runs `operation`, which uses `connection`, and gives up on it as soon as the connection closes or the task is
+    /// cancelled.
+    ///
+    /// PostgresNIO never answers a query written to a connection that has already closed (e.g. after its backend was
+    /// terminated): awaiting it directly would wait forever, and the relay would neither notice that it lost the lock nor
+    /// retry nor shut down. So the operation runs in a task of its own, left behind when given up on; the relay then
+    /// closes the connection (if it is not closed already), so that an operation left behind can commit nothing more.
+    static func whileOpen<Value: Sendable>(
+        _ connection: PostgresConnection,
+        _ operation: @escaping @Sendable () async throws -> Value
+    ) async throws -> Value {
+        let outcome = FirstOutcome<Value>()
+        let work = Task {
+            do {
+                outcome.offer(.success(try await operation()))
+            } catch {
+                outcome.offer(.failure(error))
+            }
+        }
+        let watch = Task {
+            while !connection.isClosed {
+                do { try await Task.sleep(for: .milliseconds(100)) } catch { return }
+            }
+            outcome.offer(.failure(ReplicationError("the relay's database connection closed")))
+        }
+        defer { watch.cancel() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { outcome.wait($0) }
+        } onCancel: {
+            work.cancel()
+            outcome.offer(.failure(CancellationError()))
         }
     }
 
@@ -143,6 +191,57 @@ public struct Relay: Service {
             _ = try? await connection.query("ROLLBACK", logger: logger)
             throw error
         }
+    }
+}
+
+/// What one attempt to lead achieved: whether it relayed for a while or wrote to the log before it failed.
+final class LeadAttempt: Sendable {
+    private struct State {
+        var relayingSince: ContinuousClock.Instant?
+        var wroteBatch = false
+    }
+
+    private let state = Mutex(State())
+
+    func startedRelaying() { state.withLock { $0.relayingSince = .now } }
+    func wroteBatch() { state.withLock { $0.wroteBatch = true } }
+
+    /// Whether it wrote a batch, or relayed for longer than `duration`.
+    func wasWorking(longerThan duration: Duration) -> Bool {
+        state.withLock { state in
+            state.wroteBatch || state.relayingSince.map { ContinuousClock.now - $0 > duration } ?? false
+        }
+    }
+}
+
+/// The first of several racing outcomes, handed once to one waiter.
+final class FirstOutcome<Value: Sendable>: Sendable {
+    private struct State {
+        var outcome: Result<Value, any Error>?
+        var waiter: CheckedContinuation<Value, any Error>?
+    }
+
+    private let state = Mutex(State())
+
+    /// Resumes `waiter` with the first outcome, now or when it is offered.
+    func wait(_ waiter: CheckedContinuation<Value, any Error>) {
+        let ready: Result<Value, any Error>? = state.withLock { state in
+            if let outcome = state.outcome { return outcome }
+            state.waiter = waiter
+            return nil
+        }
+        if let ready { waiter.resume(with: ready) }
+    }
+
+    /// Offers an outcome; ignored if one was offered before.
+    func offer(_ outcome: Result<Value, any Error>) {
+        let waiter: CheckedContinuation<Value, any Error>? = state.withLock { state in
+            guard state.outcome == nil else { return nil }
+            state.outcome = outcome
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(with: outcome)
     }
 }
 
