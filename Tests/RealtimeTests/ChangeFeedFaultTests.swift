@@ -74,6 +74,13 @@ import Testing
                         try await Self.waitUntil("the relay to stream again", timeout: .seconds(30)) {
                             try await Self.relayIsUp(server)
                         }
+                        if victim == .everyConnection {
+                            // The tailer's listener reconnects on its own schedule: wait for it too, so that every kill
+                            // hits the relay's lock, its walsender and the listener.
+                            try await Self.waitUntil("the relay and the listener to be connected", timeout: .seconds(30)) {
+                                try await Self.serverConnections(server).count >= 3
+                            }
+                        }
                         let victims: [Int64]
                         switch victim {
                         case .walsender: victims = try await Self.walsenders(server)
