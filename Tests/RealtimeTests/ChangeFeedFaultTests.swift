@@ -611,11 +611,7 @@ extension ChangeFeedFaultTests {
         as principal: Principal,
         lastEventID: String? = nil
     ) async throws -> SSEClient {
-        var headers = [("Authorization", "Bearer \(try await client.token(for: principal))")]
-        if let lastEventID { headers.append(("Last-Event-ID", lastEventID)) }
-        let stream = try await SSEClient.open(client.baseURL + path, headers: headers)
-        try #require(stream.status == 200, "stream \(path): \(stream.status.map(String.init) ?? "no answer") \(stream.errorBody)")
-        return stream
+        try await ChangeFeedTests.open(client, path, as: principal, lastEventID: lastEventID)
     }
 
     /// The ids of the tasks inserted, in the order their INSERT frames arrived.

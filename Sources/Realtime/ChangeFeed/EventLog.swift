@@ -26,7 +26,7 @@ public enum EventLog {
     static func append(_ transactions: [WALTransaction], on connection: PostgresConnection, logger: Logger) async throws -> Int {
         var appended = 0
         for transaction in transactions {
-            let lsn = formatLSN(transaction.commitLSN)
+            let lsn = LogicalReplicationStream.formatLSN(transaction.commitLSN)
             for (index, change) in transaction.changes.enumerated() {
                 guard change.schema == "public", let locators = tables[change.table] else { continue }
                 let newRow = row(change.columns, change.newValues)
@@ -141,10 +141,6 @@ public enum EventLog {
         let rows = try await client.query("SELECT min(seq) FROM realtime.event_log", logger: logger)
         for try await value in rows.decode(Int64?.self) { return value }
         return nil
-    }
-
-    static func formatLSN(_ lsn: UInt64) -> String {
-        String(lsn >> 32, radix: 16, uppercase: true) + "/" + String(lsn & 0xFFFF_FFFF, radix: 16, uppercase: true)
     }
 
     private static func row(_ columns: [String], _ values: [String?]?) -> [String: String?]? {
