@@ -38,6 +38,7 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .target(name: "CLibPQ"),
             ],
+            resources: [.copy("Web/Public")],
             swiftSettings: swiftSettings
         ),
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),

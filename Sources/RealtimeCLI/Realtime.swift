@@ -113,6 +113,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Hours the event log keeps events for resuming (env REALTIME_EVENT_RETENTION_HOURS, default 24).")
     var eventRetentionHours: Int?
 
+    @Option(help: "Seconds a presence entry lives without a heartbeat (env REALTIME_PRESENCE_TTL_SECONDS, default 30).")
+    var presenceTTLSeconds: Int?
+
+    @Option(help: "Heartbeats, and separately broadcasts, a user may send per second (env REALTIME_PRESENCE_RATE, default 5).")
+    var presenceRate: Double?
+
+    @Option(help: "How many heartbeats or broadcasts may come at once (env REALTIME_PRESENCE_BURST, default 10).")
+    var presenceBurst: Int?
+
+    @Option(help: "This node's name in presence entries and logs (env REALTIME_NODE_ID, default host-pid-random).")
+    var nodeID: String?
+
     @Flag(help: "Keep this node out of the relay election (env REALTIME_RELAY=0).")
     var noRelay = false
 
@@ -134,6 +146,17 @@ struct Serve: AsyncParsableCommand {
             if let eventRetentionHours {
                 configuration.eventRetentionHours = try Configuration.int("\(eventRetentionHours)", "--event-retention-hours", 1...24 * 365)
             }
+            if let presenceTTLSeconds {
+                configuration.presenceTTLSeconds = try Configuration.int("\(presenceTTLSeconds)", "--presence-ttl-seconds", 3...3600)
+            }
+            if let presenceRate {
+                guard presenceRate >= 0.01, presenceRate <= 10_000 else {
+                    throw ConfigurationError("--presence-rate must be a number from 0.01 to 10000; got \(presenceRate).")
+                }
+                configuration.presenceRate = presenceRate
+            }
+            if let presenceBurst { configuration.presenceBurst = try Configuration.int("\(presenceBurst)", "--presence-burst", 1...100_000) }
+            if let nodeID, !nodeID.isEmpty { configuration.nodeID = nodeID }
             if noRelay { configuration.runsRelay = false }
             if noChangeFeed { configuration.changeFeedEnabled = false }
             try await serve(configuration)
@@ -155,16 +178,20 @@ struct Serve: AsyncParsableCommand {
         let embedded = database.embedded != nil
         let url = "http://\(configuration.host):\(configuration.port)"
         let seedDemo = embedded && configuration.seedDemo
+        let demo = DemoLogin()
         do {
             let app = try buildApplication(
                 configuration: configuration,
                 database: database.endpoint,
                 tokens: tokens,
                 logger: logger,
+                demo: demo,
                 afterMigrations: { client in
                     guard seedDemo else { return }
                     try await DemoData.seedIfEmpty(client: client, logger: logger)
-                    try await printDemoTokens(tokens: tokens, url: url, dataDirectory: configuration.dataDirectory)
+                    let users = try await printDemoTokens(tokens: tokens, url: url, dataDirectory: configuration.dataDirectory)
+                    // The page's "sign in as" hands these tokens to anyone who can reach the server: only on loopback.
+                    if ["127.0.0.1", "localhost", "::1"].contains(configuration.host) { demo.publish(users: users) }
                 }
             )
             try await app.runService()
@@ -176,11 +203,13 @@ struct Serve: AsyncParsableCommand {
     }
 
     /// Prints the URL and a ready token for each demo user, and keeps them in `<data-dir>/demo-tokens.env` (mode 0600).
-    private func printDemoTokens(tokens: TokenAuthority, url: String, dataDirectory: String) async throws {
+    private func printDemoTokens(tokens: TokenAuthority, url: String, dataDirectory: String) async throws -> [(user: DemoData.User, token: String)] {
+        var users: [(user: DemoData.User, token: String)] = []
         var lines = ["REALTIME_URL=\(url)"]
         var report = "\nRealtime is running at \(url) with demo data (branch \(DemoData.branchID.uuidString.lowercased())).\n"
         for user in DemoData.users {
             let token = try await tokens.issue(subject: user.id.uuidString.lowercased(), role: .authenticated, lifetime: 7 * 24 * 3600)
+            users.append((user, token))
             lines.append("\(user.role.rawValue.uppercased())_TOKEN=\(token)")
             report += "  \(user.role.rawValue) \(user.id.uuidString.lowercased()):\n    \(token)\n"
         }
@@ -192,6 +221,7 @@ struct Serve: AsyncParsableCommand {
             atPath: file, contents: Data((lines.joined(separator: "\n") + "\n").utf8), attributes: [.posixPermissions: 0o600])
         report += "These tokens are also in \(file) (valid 7 days): `. \(file)` sets them as shell variables.\n"
         FileHandle.standardOutput.write(Data((report + "\n").utf8))
+        return users
     }
 }
 

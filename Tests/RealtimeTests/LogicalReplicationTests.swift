@@ -7,6 +7,10 @@ import Testing
 @testable import Realtime
 
 @Suite struct LogicalReplicationTests {
+    /// A guard against a hang, not a speed target: slot creations in one process take turns, and with the whole suite
+    /// running in parallel a creation may wait behind those of twenty servers' start-ups.
+    static let slotCreationBound = 90.0
+
     static let logger: Logger = {
         var logger = Logger(label: "realtime.tests.replication")
         logger.logLevel = .notice
@@ -18,8 +22,8 @@ import Testing
     @Test func streamsCommittedTransactionsInCommitOrder() async throws {
         try await ReplicationFixture.with { fixture in
             let stream = fixture.makeStream()
-            #expect(try await bounded("ensureSlot") { try await stream.ensureSlot(nudge: TestCluster.nudge) })
-            #expect(try await bounded("ensureSlot again") { try await stream.ensureSlot(nudge: TestCluster.nudge) } == false)
+            #expect(try await bounded("ensureSlot", seconds: Self.slotCreationBound) { try await stream.ensureSlot(nudge: TestCluster.nudge) })
+            #expect(try await bounded("ensureSlot again", seconds: Self.slotCreationBound) { try await stream.ensureSlot(nudge: TestCluster.nudge) } == false)
             let collector = TransactionCollector(stream.transactions())
 
             let firstXID = try await fixture.transaction([
@@ -66,7 +70,7 @@ import Testing
     @Test func unchangedToastedValuesComeFromTheOldRow() async throws {
         try await ReplicationFixture.with { fixture in
             let stream = fixture.makeStream()
-            #expect(try await bounded("ensureSlot") { try await stream.ensureSlot(nudge: TestCluster.nudge) })
+            #expect(try await bounded("ensureSlot", seconds: Self.slotCreationBound) { try await stream.ensureSlot(nudge: TestCluster.nudge) })
             let collector = TransactionCollector(stream.transactions())
             // 16 000 characters of md5 text are stored out of line; an UPDATE that leaves them alone sends them as 'u'.
             _ = try await fixture.transaction([
@@ -86,7 +90,7 @@ import Testing
     @Test func confirmedTransactionsAreNotReplayed() async throws {
         try await ReplicationFixture.with { fixture in
             let first = fixture.makeStream()
-            #expect(try await bounded("ensureSlot") { try await first.ensureSlot(nudge: TestCluster.nudge) })
+            #expect(try await bounded("ensureSlot", seconds: Self.slotCreationBound) { try await first.ensureSlot(nudge: TestCluster.nudge) })
             let initialFlush = try #require(try await fixture.slotState().confirmedFlush)
 
             let collector = TransactionCollector(first.transactions())
@@ -110,7 +114,7 @@ import Testing
 
             // A new client on the same slot starts after the confirmed transaction.
             let second = fixture.makeStream()
-            #expect(try await bounded("ensureSlot on an existing slot") { try await second.ensureSlot(nudge: TestCluster.nudge) } == false)
+            #expect(try await bounded("ensureSlot on an existing slot", seconds: Self.slotCreationBound) { try await second.ensureSlot(nudge: TestCluster.nudge) } == false)
             let secondCollector = TransactionCollector(second.transactions())
             let newXID = try await fixture.transaction(["INSERT INTO task (id, title) VALUES (2, 'new')"])
             let replayed = try await secondCollector.waitFor(count: 1)
@@ -123,7 +127,7 @@ import Testing
     @Test func aSlotInUseFailsWithSQLState55006() async throws {
         try await ReplicationFixture.with { fixture in
             let owner = fixture.makeStream()
-            #expect(try await bounded("ensureSlot") { try await owner.ensureSlot(nudge: TestCluster.nudge) })
+            #expect(try await bounded("ensureSlot", seconds: Self.slotCreationBound) { try await owner.ensureSlot(nudge: TestCluster.nudge) })
             let ownerCollector = TransactionCollector(owner.transactions())
             try await waitUntil("the slot is active") { try await fixture.slotState().active }
 

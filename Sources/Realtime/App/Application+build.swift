@@ -14,6 +14,7 @@ public func buildApplication(
     database endpoint: DatabaseEndpoint,
     tokens: TokenAuthority,
     logger: Logger,
+    demo: DemoLogin = DemoLogin(),
     afterMigrations: StartupStep? = nil
 ) throws -> some ApplicationProtocol {
     guard let folder = MigrationFile.locateFolder(configuration.migrationsDirectory) else {
@@ -31,6 +32,16 @@ public func buildApplication(
     let metrics = FeedMetrics()
     StreamController(hub: hub, database: database, tokens: tokens, metrics: metrics, enabled: configuration.changeFeedEnabled)
         .addRoutes(to: router)
+    let bus = NodeBus(endpoint: endpoint, nodeID: configuration.nodeID, logger: logger)
+    let presence = PresenceService(hub: hub, bus: bus, ttl: .seconds(configuration.presenceTTLSeconds), logger: logger)
+    PresenceController(
+        presence: presence,
+        access: ChannelAccess(hub: hub, database: database, cacheIsCurrent: configuration.changeFeedEnabled),
+        tokens: tokens,
+        heartbeatLimiter: RateLimiter(rate: configuration.presenceRate, burst: Double(configuration.presenceBurst)),
+        broadcastLimiter: RateLimiter(rate: configuration.presenceRate, burst: Double(configuration.presenceBurst))
+    ).addRoutes(to: router)
+    WebController(files: .bundled(), demo: demo).addRoutes(to: router)
     MetricsController(metrics: metrics, hub: hub, database: database, slot: Relay.slotName(for: endpoint.database)).addRoutes(to: router)
 
     let rest = router.group("rest/v1").add(middleware: AuthMiddleware(tokens: tokens))
@@ -54,6 +65,7 @@ public func buildApplication(
     var services: [any Service] = [
         database.client,
         Maintenance(client: database.client, logger: logger, gate: gate, eventRetention: .seconds(configuration.eventRetentionHours * 3600)),
+        presence,
     ]
     if configuration.changeFeedEnabled {
         if configuration.runsRelay { services.append(Relay(endpoint: endpoint, gate: gate, logger: logger)) }

@@ -36,7 +36,24 @@ public struct Configuration: Sendable {
     /// `--no-change-feed`, `REALTIME_CHANGE_FEED=0`: serve REST only, with no relay, tailer or streams.
     public var changeFeedEnabled = true
 
+    /// `--presence-ttl-seconds`, `REALTIME_PRESENCE_TTL_SECONDS`: how long a presence entry lives without a heartbeat;
+    /// clients heartbeat every third of it.
+    public var presenceTTLSeconds = 30
+    /// `--presence-rate`, `REALTIME_PRESENCE_RATE`: heartbeats (and, separately, broadcasts) a user may send per second
+    /// to one node, on average.
+    public var presenceRate = 5.0
+    /// `--presence-burst`, `REALTIME_PRESENCE_BURST`: how many of them may come at once.
+    public var presenceBurst = 10
+    /// `--node-id`, `REALTIME_NODE_ID`: this node's name in presence entries; by default host name, pid and a random part.
+    public var nodeID = Configuration.defaultNodeID()
+
     public init() {}
+
+    /// `<host>-<pid>-<random>`: unique per process, readable in logs.
+    public static func defaultNodeID() -> String {
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "node"
+        return "\(host)-\(ProcessInfo.processInfo.processIdentifier)-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
+    }
 
     /// The settings named by environment variables, over the defaults.
     public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError)
@@ -68,6 +85,17 @@ public struct Configuration: Sendable {
         if let value = environment["REALTIME_CHANGE_FEED"] {
             configuration.changeFeedEnabled = !["0", "false", "no"].contains(value.lowercased())
         }
+        if let value = environment["REALTIME_PRESENCE_TTL_SECONDS"] {
+            configuration.presenceTTLSeconds = try int(value, "REALTIME_PRESENCE_TTL_SECONDS", 3...3600)
+        }
+        if let value = environment["REALTIME_PRESENCE_RATE"] {
+            guard let rate = Double(value), rate >= 0.01, rate <= 10_000 else {
+                throw ConfigurationError("REALTIME_PRESENCE_RATE must be a number from 0.01 to 10000; got '\(value)'.")
+            }
+            configuration.presenceRate = rate
+        }
+        if let value = environment["REALTIME_PRESENCE_BURST"] { configuration.presenceBurst = try int(value, "REALTIME_PRESENCE_BURST", 1...100_000) }
+        if let value = environment["REALTIME_NODE_ID"], !value.isEmpty { configuration.nodeID = value }
         return configuration
     }
 

@@ -114,6 +114,14 @@ public final class LogicalReplicationStream: Sendable {
     /// created: a `CHECKPOINT` there writes such a record at once.
     public func ensureSlot(nudge: (@Sendable () async -> Void)? = nil) async throws -> Bool {
         try validateNames()
+        // Slot creations wait for each other's transactions: several at once in one process (tests, or a process
+        // serving several databases) take turns, which is faster than all of them waiting on all the others.
+        return try await Self.slotCreation.withLock { try await createSlotIfMissing(nudge: nudge) }
+    }
+
+    private static let slotCreation = AsyncLock()
+
+    private func createSlotIfMissing(nudge: (@Sendable () async -> Void)?) async throws -> Bool {
         let conninfo = self.conninfo
         let slot = self.slot
         let created = try await withThrowingTaskGroup(of: Bool?.self) { group in

@@ -87,34 +87,10 @@ public struct Tailer: Service {
 
     /// LISTENs for the relay's wake-up on a dedicated connection, reconnecting with backoff.
     private func listen(_ waker: AsyncStream<Void>.Continuation) async {
-        var backoff = Duration.milliseconds(100)
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            do {
-                let connection = try await PostgresConnection.connect(
-                    configuration: DatabaseProbe.connectionConfiguration(endpoint),
-                    id: Int.random(in: 1...Int(Int32.max)),
-                    logger: logger
-                )
-                backoff = .milliseconds(100)
-                waker.yield()  // re-read after (re)connecting: a notification may have been missed meanwhile
-                do {
-                    try await cancelWhenGracefulShutdown {
-                        try await connection.listen(on: EventLog.wakeUpChannel) { notifications in
-                            for try await _ in notifications { waker.yield() }
-                        }
-                    }
-                } catch {
-                    try? await connection.close()
-                    throw error
-                }
-                try? await connection.close()
-            } catch {
-                if Task.isShuttingDownGracefully || Task.isCancelled { return }
-                logger.info("event log listener reconnecting", metadata: ["error": "\(String(reflecting: error))"])
-                let delay = backoff
-                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
-                backoff = min(backoff * 2, .seconds(5))
-            }
-        }
+        // Re-read after (re)connecting: a notification may have been missed meanwhile.
+        await Listener(endpoint: endpoint, channel: EventLog.wakeUpChannel, logger: logger).run(
+            connected: { _ in waker.yield() },
+            receive: { _ in waker.yield() }
+        )
     }
 }

@@ -1,16 +1,19 @@
 import Foundation
 
-/// A stream a browser subscribes to: every change of one branch, or every change of one plan and its rows.
+/// A stream a browser subscribes to: every change of one branch, every change of one plan and its rows (and the
+/// plan's broadcasts), or who is present on a plan.
 ///
-/// Written `branch:<uuid>` or `plan:<uuid>` in URLs and in the `channels` of an event.
+/// Written `branch:<uuid>`, `plan:<uuid>` or `presence:plan:<uuid>` in URLs and in the `channels` of an event.
 public enum Channel: Hashable, Sendable, CustomStringConvertible {
     case branch(UUID)
     case plan(UUID)
+    /// Presence on a plan: who is looking at or editing which slot. Ephemeral, never stored.
+    case presence(plan: UUID)
 
     /// The most channels one subscription may name.
     public static let maxPerSubscription = 100
 
-    /// Parses `branch:<uuid>` or `plan:<uuid>`.
+    /// Parses `branch:<uuid>`, `plan:<uuid>` or `presence:plan:<uuid>`.
     ///
     /// - Throws: `APIError` 400 `invalid_parameter` naming the bad text.
     public init(parsing text: String) throws(APIError) {
@@ -18,8 +21,10 @@ public enum Channel: Hashable, Sendable, CustomStringConvertible {
             self = .branch(id)
         } else if text.hasPrefix("plan:"), let id = UUID(uuidString: String(text.dropFirst("plan:".count))) {
             self = .plan(id)
+        } else if text.hasPrefix("presence:plan:"), let id = UUID(uuidString: String(text.dropFirst("presence:plan:".count))) {
+            self = .presence(plan: id)
         } else {
-            throw .invalidParameter("'\(text)' is not a channel: use branch:<uuid> or plan:<uuid>.")
+            throw .invalidParameter("'\(text)' is not a channel: use branch:<uuid>, plan:<uuid> or presence:plan:<uuid>.")
         }
     }
 
@@ -40,11 +45,20 @@ public enum Channel: Hashable, Sendable, CustomStringConvertible {
         return channels
     }
 
-    /// `branch:<uuid>` or `plan:<uuid>`, with the uuid in lower case as PostgreSQL prints it.
+    /// `branch:<uuid>`, `plan:<uuid>` or `presence:plan:<uuid>`, with the uuid in lower case as PostgreSQL prints it.
     public var description: String {
         switch self {
         case .branch(let id): "branch:\(id.uuidString.lowercased())"
         case .plan(let id): "plan:\(id.uuidString.lowercased())"
+        case .presence(let plan): "presence:plan:\(plan.uuidString.lowercased())"
+        }
+    }
+
+    /// The plan a plan or presence channel is about.
+    var planID: UUID? {
+        switch self {
+        case .branch: nil
+        case .plan(let id), .presence(plan: let id): id
         }
     }
 

@@ -16,6 +16,8 @@ public enum EndReason: Sendable, Equatable, CaseIterable {
 public enum Delivery: Sendable, Equatable {
     /// An encoded SSE frame (see ``SSEFrame/change(_:channels:)``) of the event with this sequence; write it as is.
     case frame(ByteBuffer, sequence: Int64)
+    /// An encoded SSE frame of something ephemeral (presence, broadcast): it has no sequence and is never replayed.
+    case ephemeral(ByteBuffer)
     /// Nothing happened for a while: write ``SSEFrame/keepalive`` (see ``Hub/sendKeepalives()``).
     case keepalive
     /// The last delivery: write ``SSEFrame/end(_:)`` and close the response.

@@ -67,7 +67,7 @@ final class Mailbox: Sendable {
                     readThrough = sequence
                 case .end:
                     isFinished = true
-                case .keepalive:
+                case .keepalive, .ephemeral:
                     break
                 }
                 return delivery
@@ -105,6 +105,23 @@ final class Mailbox: Sendable {
             return (.accepted, nil)
         }
         waiter?.resume(returning: .frame(frame, sequence: sequence))
+        return result
+    }
+
+    /// Buffers an ephemeral frame (presence, broadcast), or hands it straight to a waiting reader. It counts against the
+    /// same limit as change frames.
+    func offerEphemeral(_ frame: ByteBuffer) -> OfferResult {
+        let (result, waiter): (OfferResult, CheckedContinuation<Delivery?, Never>?) = state.withLock { state in
+            if state.isClosed { return (.closed, nil) }
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return (.accepted, waiter)
+            }
+            if state.buffer.count >= limit { return (.full, nil) }
+            state.buffer.append(.ephemeral(frame))
+            return (.accepted, nil)
+        }
+        waiter?.resume(returning: .ephemeral(frame))
         return result
     }
 

@@ -16,8 +16,8 @@ public final class Hub: Sendable {
 
     /// The number of frames a subscriber may have unread before it is ended as slow.
     public let bufferLimit: Int
-    private let logger: Logger
-    private let state = Mutex(HubState())
+    let logger: Logger
+    let state = Mutex(HubState())
     private let nextID = Atomic<UInt64>(0)
 
     public init(bufferLimit: Int = defaultBufferLimit, logger: Logger = Logger(label: "realtime.fanout")) {
@@ -113,6 +113,9 @@ public final class Hub: Sendable {
                 snapshot: snapshot
             )
             state.add(subscriber)
+            for case .presence(let plan) in channels {
+                _ = mailbox.offerEphemeral(SSEFrame.presenceSync(plan: plan, entries: state.presence.present(on: plan)))
+            }
         }
         logger.debug("subscribed", metadata: ["subscription": "\(id)", "principal": "\(principal)", "channels": "\(channels.count)"])
         return Subscription(id: id, channels: channels, deliveries: DeliveryStream(mailbox: mailbox))
@@ -204,7 +207,7 @@ public final class Hub: Sendable {
 }
 
 /// Everything the hub guards with its lock.
-private struct HubState {
+struct HubState {
     var subscribers: [SubscriptionID: Subscriber] = [:]
     /// The subscribers of each channel; channels without subscribers have no entry.
     var index: [Channel: [SubscriptionID: Subscriber]] = [:]
@@ -216,6 +219,8 @@ private struct HubState {
     /// not revive.
     var removedMemberships: Set<MembershipChange.Member> = []
     var isShutDown = false
+    /// Who is present on which plan (see `Hub+presence.swift`).
+    var presence = PresenceBook()
     /// Scratch list of the subscribers one event reaches, kept to reuse its storage.
     var reached: [Subscriber] = []
 
@@ -235,7 +240,7 @@ private struct HubState {
             case .branch(let id):
                 branch = id
                 resource = .branch
-            case .plan(let id):
+            case .plan(let id), .presence(plan: let id):
                 branch = planBranches[id]
                 resource = .plan
             }

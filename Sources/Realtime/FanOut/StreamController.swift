@@ -103,7 +103,7 @@ struct StreamController {
                     try await withGracefulShutdownHandler {
                         for await delivery in subscription.deliveries {
                             switch delivery {
-                            case .frame(let bytes, _):
+                            case .frame(let bytes, _), .ephemeral(let bytes):
                                 var batch = [bytes]
                                 for more in subscription.deliveries.availableDeliveries(limit: 64) {
                                     if case .end(let reason) = more {
@@ -198,33 +198,9 @@ struct StreamController {
         return number
     }
 
-    /// Refuses channels the caller cannot see (404, as in REST), and makes sure the hub knows the plans and the
-    /// memberships the database knows — a plan or a membership created a moment ago may not have reached the hub yet.
     @discardableResult
     private func learnAccess(of principal: Principal, to channels: Set<Channel>) async throws -> Memberships {
-        try await database.withRequestTransaction(as: principal) { transaction in
-            let memberships = try await transaction.memberships()
-            for channel in channels {
-                switch channel {
-                case .branch(let branch):
-                    guard Policy.decide(principal, memberships, .read, .branch, inBranch: branch) == .allowed else {
-                        throw APIError.notFound("No branch with id \(branch.uuidString.lowercased()) is visible to you.")
-                    }
-                    if principal.isService {
-                        let exists = try await !transaction.query("SELECT 1 FROM branch WHERE id = \(branch)").isEmpty
-                        if !exists { throw APIError.notFound("No branch with id \(branch.uuidString.lowercased()).") }
-                    }
-                case .plan(let plan):
-                    let rows = try await transaction.query("SELECT branch_id FROM plan WHERE id = \(plan)")
-                    guard let branch = try rows.first?.decode(UUID.self),
-                        Policy.decide(principal, memberships, .read, .plan, inBranch: branch) == .allowed
-                    else { throw APIError.notFound("No plan with id \(plan.uuidString.lowercased()) is visible to you.") }
-                    hub.setPlanBranches([plan: branch])
-                }
-            }
-            if case .user(let user) = principal { hub.learnMemberships(of: user, memberships) }
-            return memberships
-        }
+        try await ChannelAccess(hub: hub, database: database, cacheIsCurrent: enabled).check(principal, channels)
     }
 
     /// Whether events after the cursor may already have been pruned, so that resuming would miss some.
@@ -241,10 +217,12 @@ struct StreamController {
 }
 
 extension Delivery {
-    /// The bytes of a frame delivery.
+    /// The bytes of a frame delivery, change or ephemeral.
     var frameBytes: ByteBuffer? {
-        if case .frame(let bytes, _) = self { return bytes }
-        return nil
+        switch self {
+        case .frame(let bytes, _), .ephemeral(let bytes): bytes
+        case .keepalive, .end: nil
+        }
     }
 }
 

@@ -98,6 +98,8 @@ extension APIError {
     static func unknownField(_ field: String, table: String) -> APIError {
         .init(.unprocessableContent, code: "unknown_field", message: "Unknown or read-only field '\(field)' for \(table).")
     }
+    /// `unknown_field` with a message of its own, for bodies that are not rows.
+    static func unknownField(_ message: String) -> APIError { .init(.unprocessableContent, code: "unknown_field", message: message) }
     static func missingField(_ field: String) -> APIError {
         .init(.unprocessableContent, code: "missing_field", message: "The field '\(field)' is required.")
     }
@@ -113,6 +115,14 @@ extension APIError {
         code: "plan_in_other_branch",
         message: "A task belongs to its plan's branch: branch_id must be the plan's branch_id."
     )
+
+    // 429
+    static func rateLimited(retryAfter: Duration, what: String) -> APIError {
+        let seconds = max(1, Int((Double(retryAfter.components.seconds) + Double(retryAfter.components.attoseconds) / 1e18).rounded(.up)))
+        var headers = HTTPFields()
+        headers[.retryAfter] = "\(seconds)"
+        return .init(.tooManyRequests, code: "rate_limited", message: "Too many \(what); retry after \(seconds) s.", headers: headers)
+    }
 
     // 500, 503
     static let internalError = APIError(

@@ -21,13 +21,18 @@ struct TestServer {
 
     /// - Parameter changeFeed: run the relay, the tailer and the streams (only the tests of the feed need them: each
     ///   relay holds a replication slot and connections on the shared cluster).
-    static func make(maxBodyBytes: Int = 256 * 1024, changeFeed: Bool = false) async throws -> TestServer {
+    static func make(
+        maxBodyBytes: Int = 256 * 1024,
+        changeFeed: Bool = false,
+        configure: (inout Configuration) -> Void = { _ in }
+    ) async throws -> TestServer {
         var configuration = Configuration()
         configuration.changeFeedEnabled = changeFeed
         configuration.maxBodyBytes = maxBodyBytes
         configuration.databasePoolSize = 10
         configuration.migrationsDirectory = repositoryRoot + "/Migrations"
         configuration.port = 0
+        configure(&configuration)
         var logger = Logger(label: "test")
         logger.logLevel = .warning
         return TestServer(

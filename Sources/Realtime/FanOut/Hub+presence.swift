@@ -1,0 +1,85 @@
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// Presence and broadcast in the hub: ephemeral frames fanned out by channel like changes, with no sequence and no
+/// replay. The presence book sits under the hub's lock, so that a stream's `sync` frame and the changes after it
+/// neither overlap nor leave a gap.
+extension Hub {
+    /// Records a heartbeat and sends its `join` or `update` (if the state changed) to the plan's presence streams.
+    /// Returns the entry as stored, with its first `onlineSince`.
+    @discardableResult
+    public func presenceHeartbeat(_ entry: PresenceEntry) -> PresenceEntry {
+        state.withLock { state in
+            let (change, stored) = state.presence.heartbeat(entry)
+            if let change { state.fanOutEphemeral(SSEFrame.presence(change), on: .presence(plan: entry.planID), logger: logger) }
+            return stored
+        }
+    }
+
+    /// Removes a user from a plan's presence and sends the `leave`; returns it, or nil if they were not present.
+    @discardableResult
+    public func presenceLeave(plan: UUID, user: UUID) -> PresenceChange? {
+        state.withLock { state in
+            guard let change = state.presence.leave(plan: plan, user: user) else { return nil }
+            state.fanOutEphemeral(SSEFrame.presence(change), on: .presence(plan: plan), logger: logger)
+            return change
+        }
+    }
+
+    /// Removes every entry not heard of within `ttl` and sends their `leave`s; returns how many.
+    @discardableResult
+    public func expirePresence(now: ContinuousClock.Instant = .now, ttl: Duration) -> Int {
+        state.withLock { state in
+            let leaves = state.presence.expire(now: now, ttl: ttl)
+            for leave in leaves {
+                state.fanOutEphemeral(SSEFrame.presence(leave), on: .presence(plan: leave.entry.planID), logger: logger)
+            }
+            return leaves.count
+        }
+    }
+
+    /// Everyone present on a plan, the longest present first.
+    public func presences(on plan: UUID) -> [PresenceEntry] {
+        state.withLock { $0.presence.present(on: plan) }
+    }
+
+    /// The entries a node holds (to announce them again to a node that just joined).
+    public func presences(heldBy node: String) -> [PresenceEntry] {
+        state.withLock { $0.presence.held(by: node) }
+    }
+
+    /// Sends a broadcast to the streams of its plan.
+    public func broadcast(_ message: BroadcastMessage) {
+        let frame = SSEFrame.broadcast(message)
+        state.withLock { $0.fanOutEphemeral(frame, on: .plan(message.planID), logger: logger) }
+    }
+
+    /// The branch of a plan as the hub knows it, if it does.
+    public func branch(ofPlan plan: UUID) -> UUID? {
+        state.withLock { $0.planBranches[plan] }
+    }
+}
+
+extension HubState {
+    /// Offers an ephemeral frame to every subscriber of a channel; one whose buffer is full is ended as slow.
+    mutating func fanOutEphemeral(_ frame: ByteBuffer, on channel: Channel, logger: Logger) {
+        guard let subscribers = index[channel] else { return }
+        var ended: [(Subscriber, EndReason?)] = []
+        for subscriber in subscribers.values {
+            switch subscriber.mailbox.offerEphemeral(frame) {
+            case .accepted: break
+            case .full: ended.append((subscriber, .slowConsumer))
+            case .closed: ended.append((subscriber, nil))
+            }
+        }
+        for (subscriber, reason) in ended {
+            if let reason {
+                end(subscriber, reason, logger: logger)
+            } else {
+                _ = remove(subscriber.id)
+            }
+        }
+    }
+}
