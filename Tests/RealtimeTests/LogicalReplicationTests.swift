@@ -23,7 +23,9 @@ import Testing
         try await ReplicationFixture.with { fixture in
             let stream = fixture.makeStream()
             #expect(try await bounded("ensureSlot", seconds: Self.slotCreationBound) { try await stream.ensureSlot(nudge: TestCluster.nudge) })
-            #expect(try await bounded("ensureSlot again", seconds: Self.slotCreationBound) { try await stream.ensureSlot(nudge: TestCluster.nudge) } == false)
+            #expect(
+                try await bounded("ensureSlot again", seconds: Self.slotCreationBound) { try await stream.ensureSlot(nudge: TestCluster.nudge) }
+                    == false)
             let collector = TransactionCollector(stream.transactions())
 
             let firstXID = try await fixture.transaction([
@@ -114,7 +116,10 @@ import Testing
 
             // A new client on the same slot starts after the confirmed transaction.
             let second = fixture.makeStream()
-            #expect(try await bounded("ensureSlot on an existing slot", seconds: Self.slotCreationBound) { try await second.ensureSlot(nudge: TestCluster.nudge) } == false)
+            #expect(
+                try await bounded("ensureSlot on an existing slot", seconds: Self.slotCreationBound) {
+                    try await second.ensureSlot(nudge: TestCluster.nudge)
+                } == false)
             let secondCollector = TransactionCollector(second.transactions())
             let newXID = try await fixture.transaction(["INSERT INTO task (id, title) VALUES (2, 'new')"])
             let replayed = try await secondCollector.waitFor(count: 1)
