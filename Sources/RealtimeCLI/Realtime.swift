@@ -4,6 +4,8 @@ import Hummingbird
 import Logging
 import PostgresNIO
 import Realtime
+import ServiceLifecycle
+import UnixSignals
 
 @main
 struct RealtimeCommand: AsyncParsableCommand {
@@ -125,6 +127,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "This node's name in presence entries and logs (env REALTIME_NODE_ID, default host-pid-random).")
     var nodeID: String?
 
+    @Option(help: "PEM certificate chain: serve HTTPS with HTTP/2 (env REALTIME_TLS_CERT; needs --tls-key).")
+    var tlsCert: String?
+
+    @Option(help: "PEM private key of --tls-cert (env REALTIME_TLS_KEY).")
+    var tlsKey: String?
+
+    @Option(help: "Most seconds a graceful shutdown (SIGTERM) may take (env REALTIME_SHUTDOWN_SECONDS, default 10).")
+    var shutdownSeconds: Int?
+
     @Flag(help: "Keep this node out of the relay election (env REALTIME_RELAY=0).")
     var noRelay = false
 
@@ -157,6 +168,9 @@ struct Serve: AsyncParsableCommand {
             }
             if let presenceBurst { configuration.presenceBurst = try Configuration.int("\(presenceBurst)", "--presence-burst", 1...100_000) }
             if let nodeID, !nodeID.isEmpty { configuration.nodeID = nodeID }
+            if let tlsCert { configuration.tlsCertificatePath = tlsCert }
+            if let tlsKey { configuration.tlsKeyPath = tlsKey }
+            if let shutdownSeconds { configuration.shutdownSeconds = try Configuration.int("\(shutdownSeconds)", "--shutdown-seconds", 1...600) }
             if noRelay { configuration.runsRelay = false }
             if noChangeFeed { configuration.changeFeedEnabled = false }
             try await serve(configuration)
@@ -176,7 +190,8 @@ struct Serve: AsyncParsableCommand {
         let tokens = try await TokenAuthority(secret: secret)
         let database = try await DatabaseChoice.open(configuration, logger: logger)
         let embedded = database.embedded != nil
-        let url = "http://\(configuration.host):\(configuration.port)"
+        let scheme = configuration.tlsCertificatePath == nil ? "http" : "https"
+        let url = "\(scheme)://\(configuration.host):\(configuration.port)"
         let seedDemo = embedded && configuration.seedDemo
         let demo = DemoLogin()
         do {
@@ -194,12 +209,23 @@ struct Serve: AsyncParsableCommand {
                     if ["127.0.0.1", "localhost", "::1"].contains(configuration.host) { demo.publish(users: users) }
                 }
             )
-            try await app.runService()
+            try await runUntilShutdown(app, configuration: configuration, logger: logger)
         } catch {
             await database.stop()
             throw error
         }
         await database.stop()
+    }
+
+    /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: no new streams, in-flight requests finish,
+    /// open streams end with a spread-out `retry:` hint. Whatever is still running after four fifths of
+    /// `shutdownSeconds` is cancelled, and the process gives up waiting on it at `shutdownSeconds`.
+    private func runUntilShutdown(_ app: some ApplicationProtocol, configuration: Configuration, logger: Logger) async throws {
+        var group = ServiceGroupConfiguration(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let total = Duration.seconds(configuration.shutdownSeconds)
+        group.maximumGracefulShutdownDuration = total * 0.8
+        group.maximumCancellationDuration = total * 0.2
+        try await ServiceGroup(configuration: group).run()
     }
 
     /// Prints the URL and a ready token for each demo user, and keeps them in `<data-dir>/demo-tokens.env` (mode 0600).

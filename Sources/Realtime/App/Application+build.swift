@@ -30,8 +30,9 @@ public func buildApplication(
     let gate = StartupGate()
     let hub = Hub(bufferLimit: configuration.subscriberBufferLimit, logger: logger)
     let metrics = FeedMetrics()
-    StreamController(hub: hub, database: database, tokens: tokens, metrics: metrics, enabled: configuration.changeFeedEnabled)
-        .addRoutes(to: router)
+    var streams = StreamController(hub: hub, database: database, tokens: tokens, metrics: metrics, enabled: configuration.changeFeedEnabled)
+    streams.shutdownRetrySpread = configuration.shutdownRetrySpread
+    streams.addRoutes(to: router)
     let bus = NodeBus(endpoint: endpoint, nodeID: configuration.nodeID, logger: logger)
     let presence = PresenceService(hub: hub, bus: bus, ttl: .seconds(configuration.presenceTTLSeconds), logger: logger)
     PresenceController(
@@ -74,6 +75,7 @@ public func buildApplication(
 
     var app = Application(
         router: router,
+        server: try ServerTransport.builder(for: configuration),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "realtime"),
         services: services,
         logger: logger

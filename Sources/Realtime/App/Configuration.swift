@@ -47,7 +47,20 @@ public struct Configuration: Sendable {
     /// `--node-id`, `REALTIME_NODE_ID`: this node's name in presence entries; by default host name, pid and a random part.
     public var nodeID = Configuration.defaultNodeID()
 
+    /// `--tls-cert`, `REALTIME_TLS_CERT`: a PEM certificate chain; with `--tls-key`, the server speaks HTTPS and offers
+    /// HTTP/2 and HTTP/1.1 by ALPN.
+    public var tlsCertificatePath: String?
+    /// `--tls-key`, `REALTIME_TLS_KEY`: the PEM private key of `--tls-cert`.
+    public var tlsKeyPath: String?
+    /// `--shutdown-seconds`, `REALTIME_SHUTDOWN_SECONDS`: the most a graceful shutdown (SIGTERM) may take before
+    /// whatever is left is cancelled.
+    public var shutdownSeconds = 10
+
     public init() {}
+
+    /// How long streams ended by a shutdown are told to wait before reconnecting, at most: each gets a random wait up
+    /// to this, so that clients come back spread out rather than all at once.
+    public var shutdownRetrySpread: Duration { .milliseconds(min(5000, max(1000, shutdownSeconds * 500))) }
 
     /// `<host>-<pid>-<random>`: unique per process, readable in logs.
     public static func defaultNodeID() -> String {
@@ -96,6 +109,11 @@ public struct Configuration: Sendable {
         }
         if let value = environment["REALTIME_PRESENCE_BURST"] { configuration.presenceBurst = try int(value, "REALTIME_PRESENCE_BURST", 1...100_000) }
         if let value = environment["REALTIME_NODE_ID"], !value.isEmpty { configuration.nodeID = value }
+        if let value = environment["REALTIME_TLS_CERT"], !value.isEmpty { configuration.tlsCertificatePath = value }
+        if let value = environment["REALTIME_TLS_KEY"], !value.isEmpty { configuration.tlsKeyPath = value }
+        if let value = environment["REALTIME_SHUTDOWN_SECONDS"] {
+            configuration.shutdownSeconds = try int(value, "REALTIME_SHUTDOWN_SECONDS", 1...600)
+        }
         return configuration
     }
 

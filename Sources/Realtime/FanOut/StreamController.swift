@@ -22,6 +22,9 @@ struct StreamController {
     let enabled: Bool
     /// The reconnect hint, before jitter.
     var retryMilliseconds = 2000
+    /// Streams ended by a shutdown are told to reconnect after a random wait up to this, so that the clients of a node
+    /// that restarts come back to the others spread out, not all in the same instant.
+    var shutdownRetrySpread = Duration.seconds(5)
     static let catchUpBatch = 1000
 
     func addRoutes(to router: Router<AppRequestContext>) {
@@ -130,11 +133,18 @@ struct StreamController {
                 }
                 if let ended {
                     endedBy = ended.metricLabel
+                    if ended == .shutdown { try await writer.write(SSEFrame.retry(milliseconds: shutdownRetry())) }
                     try await writer.write(SSEFrame.end(ended))
                 }
                 try await writer.finish(nil)
             }
         )
+    }
+
+    /// A random reconnect wait for a stream ended by shutdown: from a tenth of the spread to all of it.
+    func shutdownRetry() -> Int {
+        let spread = Int(shutdownRetrySpread.components.seconds * 1000 + shutdownRetrySpread.components.attoseconds / 1_000_000_000_000_000)
+        return Int.random(in: max(1, spread / 10)...max(1, spread))
     }
 
     /// The most a poll may wait for new events, and the most events it returns.

@@ -27,6 +27,7 @@ final class SSEClient: Sendable {
         var headers: [(String, String)] = []
         var errorBody = ""
         var finished = false
+        var retries: [Int] = []
     }
 
     private let state = Mutex(State())
@@ -59,7 +60,11 @@ final class SSEClient: Sendable {
                         continue
                     }
                     let frames = parser.feed(text)
-                    if !frames.isEmpty { client.state.withLock { $0.frames += frames } }
+                    let retries = parser.retries
+                    client.state.withLock { state in
+                        state.frames += frames
+                        state.retries = retries
+                    }
                 }
             } catch {
                 openedContinuation.yield()
@@ -74,6 +79,8 @@ final class SSEClient: Sendable {
     var errorBody: String { state.withLock { $0.errorBody } }
     var frames: [Frame] { state.withLock { $0.frames } }
     var isFinished: Bool { state.withLock { $0.finished } }
+    /// The `retry:` hints received, in milliseconds, in order.
+    var retryHints: [Int] { state.withLock { $0.retries } }
     func header(_ name: String) -> String? { state.withLock { $0.headers.first { $0.0.lowercased() == name.lowercased() }?.1 } }
 
     /// The change frames (`event: postgres_changes`).
@@ -135,6 +142,8 @@ struct FrameParser {
     private var id: String?
     private var event = ""
     private var data: [String] = []
+    /// Every `retry:` hint seen, in milliseconds.
+    private(set) var retries: [Int] = []
 
     mutating func feed(_ text: String) -> [SSEClient.Frame] {
         pending += text
@@ -160,6 +169,7 @@ struct FrameParser {
             case "id": id = value
             case "event": event = value
             case "data": data.append(value)
+            case "retry": if let milliseconds = Int(value) { retries.append(milliseconds) }
             default: break
             }
         }

@@ -1,0 +1,36 @@
+import Hummingbird
+import HummingbirdCore
+import HummingbirdHTTP2
+import NIOSSL
+
+/// How the server speaks to clients: plain HTTP/1.1, or with a certificate HTTPS offering HTTP/2 and HTTP/1.1 by ALPN,
+/// so that a browser carries all its streams and requests on one connection.
+enum ServerTransport {
+    /// The server builder for the configuration.
+    ///
+    /// - Throws: `ConfigurationError` when only one of certificate and key is given, or either cannot be read.
+    static func builder(for configuration: Configuration) throws -> HTTPServerBuilder {
+        switch (configuration.tlsCertificatePath, configuration.tlsKeyPath) {
+        case (nil, nil):
+            return .http1()
+        case (let certificatePath?, let keyPath?):
+            let chain: [NIOSSLCertificate]
+            let key: NIOSSLPrivateKey
+            do {
+                chain = try NIOSSLCertificate.fromPEMFile(certificatePath)
+            } catch {
+                throw ConfigurationError("Cannot read the TLS certificate chain from \(certificatePath): \(error).")
+            }
+            guard !chain.isEmpty else { throw ConfigurationError("\(certificatePath) holds no PEM certificate.") }
+            do {
+                key = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+            } catch {
+                throw ConfigurationError("Cannot read the TLS private key from \(keyPath): \(error).")
+            }
+            let tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+            return try .http2Upgrade(tlsConfiguration: tls)
+        default:
+            throw ConfigurationError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP.")
+        }
+    }
+}
