@@ -292,6 +292,29 @@ struct PresenceTests {
         try await nodeB.stop()
     }
 
+    @Test func aDeletedPlanHasNoPresenceAndNoBroadcasts() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let watcher = try await ChangeFeedTests.open(client, "/realtime/v1/branch/\(team.branch)?table=plan", as: .user(team.viewer))
+            #expect(try await Self.heartbeat(client, plan: plan, as: team.editor).status == .ok)
+            #expect(try await client.send(.delete, "/rest/v1/plans/\(plan)", as: .user(team.admin)).status == .noContent)
+            // Once the plan's DELETE has come through the feed, the hub must not answer from what it knew before.
+            try await watcher.waitFor("the plan's DELETE") { $0.contains { $0.operation == "DELETE" } }
+            try await Task.sleep(for: .milliseconds(100))
+            let path = "/realtime/v1/presence/plan/\(plan)"
+            #expect(try await Self.heartbeat(client, plan: plan, as: team.editor).status == .notFound)
+            #expect(try await client.send(.get, path, as: .user(team.editor)).status == .notFound)
+            #expect(try await client.send(.get, path, as: Team.service).status == .notFound)
+            #expect(try await client.send(.delete, path, as: .user(team.editor)).status == .notFound)
+            let broadcast = try await client.send(
+                .post, "/realtime/v1/broadcast/plan/\(plan)", as: .user(team.editor), json: #"{"event":"x","payload":{}}"#)
+            #expect(broadcast.status == .notFound)
+            watcher.close()
+        }
+    }
+
     static func waitForPresence(_ client: TestServer.Client, plan: UUID, as user: UUID, count: Int) async throws -> [[String: Any]] {
         let deadline = ContinuousClock.now + .seconds(10)
         while true {

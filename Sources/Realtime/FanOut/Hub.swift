@@ -326,8 +326,13 @@ struct HubState {
     }
 
     private mutating func notePlan(_ event: ChangeEvent) {
-        guard event.operation != .delete, let plan = event.planID, let branch = event.branchID else { return }
-        planBranches[plan] = branch
+        guard let plan = event.planID else { return }
+        guard event.operation != .delete else {
+            // A deleted plan is gone for presence and broadcast too: the next request asks the database (404).
+            planBranches.removeValue(forKey: plan)
+            return
+        }
+        if let branch = event.branchID { planBranches[plan] = branch }
     }
 
     private mutating func applyMembershipChange(_ event: ChangeEvent, logger: Logger) {
