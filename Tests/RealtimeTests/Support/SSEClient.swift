@@ -30,6 +30,15 @@ final class SSEClient: Sendable {
         var retries: [Int] = []
     }
 
+    /// The client streams go through: unlike `HTTPClient.shared` (8 connections per host, then requests queue), a test
+    /// may hold as many streams open as it likes.
+    static let httpClient = HTTPClient(
+        eventLoopGroupProvider: .singleton,
+        configuration: HTTPClient.Configuration(
+            connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 10_000)
+        )
+    )
+
     private let state = Mutex(State())
     private let task: Mutex<Task<Void, Never>?> = Mutex(nil)
 
@@ -46,7 +55,7 @@ final class SSEClient: Sendable {
             request.headers.add(name: "Accept", value: "text/event-stream")
             for (name, value) in headers { request.headers.add(name: name, value: value) }
             do {
-                let response = try await HTTPClient.shared.execute(request, deadline: .now() + .minutes(10))
+                let response = try await SSEClient.httpClient.execute(request, deadline: .now() + .minutes(10))
                 client.state.withLock { state in
                     state.status = Int(response.status.code)
                     state.headers = response.headers.map { ($0.name, $0.value) }

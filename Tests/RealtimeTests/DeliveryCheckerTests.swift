@@ -1,0 +1,298 @@
+import Foundation
+import HTTPTypes
+import Logging
+import PostgresNIO
+import Testing
+
+@testable import Realtime
+
+/// The delivery checker: writers through REST and plain SQL on every table, rows moving between branches, and
+/// memberships added and removed while subscribers stream. At the end every subscriber's stream is held against the
+/// truth:
+/// - **complete, exact, ordered:** it received exactly the events of its branch, in commit order, once each, from its
+///   cursor until its user lost the branch — computed here from the event log and the memberships it records, not by
+///   the server's fan-out;
+/// - **isolated and convergent:** the rows rebuilt from its events are exactly what its user reads of that branch
+///   under PostgreSQL's row-level security.
+@Suite(.timeLimit(.minutes(4)))
+struct DeliveryCheckerTests {
+    static let tables = ["plan", "task", "status_history", "client_card", "attachment", "branch_member"]
+
+    /// A user's stream of one branch.
+    struct Watch: Sendable {
+        var user: UUID
+        var branch: UUID
+        var stream: SSEClient
+    }
+
+    @Test(arguments: [7, 8])
+    func everySubscriberGetsExactlyWhatItMaySeeInCommitOrderAndConverges(seed: UInt64) async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        var random = SeededRandom(seed: seed)
+        let branches = (0..<3).map { _ in UUID() }
+        let users = (0..<5).map { _ in UUID() }
+        // Every user is a member somewhere; some of several branches.
+        var initial: [(UUID, UUID, String)] = []
+        for user in users {
+            for branch in branches where Int.random(in: 0..<3, using: &random) > 0 || branch == branches[users.firstIndex(of: user)! % 3] {
+                initial.append((branch, user, ["viewer", "editor", "admin"].randomElement(using: &random)!))
+            }
+        }
+        let operations = (0..<120).map { _ in UInt64.random(in: 0...UInt64.max, using: &random) }
+        let memberships = initial
+        try await server.testLive { client in
+            let service = Principal.service(actingUser: nil)
+            for (index, branch) in branches.enumerated() {
+                _ = try await client.send(.post, "/rest/v1/branches", as: service, json: #"{"id":"\#(branch)","name":"B\#(index)"}"#)
+            }
+            for user in users { _ = try await client.send(.post, "/rest/v1/users", as: service, json: #"{"id":"\#(user)","display_name":"u"}"#) }
+            for (branch, user, role) in memberships {
+                let reply = try await client.send(.put, "/rest/v1/branches/\(branch)/members/\(user)", as: service, json: #"{"role":"\#(role)"}"#)
+                try #require(reply.status.code < 300, "\(reply.text)")
+            }
+            var plans: [UUID: [UUID]] = [:]
+            for branch in branches {
+                for _ in 0..<2 {
+                    let plan = UUID()
+                    let reply = try await client.send(
+                        .post, "/rest/v1/plans", as: service,
+                        json: #"{"id":"\#(plan)","branch_id":"\#(branch)","title":"P","period_start":"2026-11-30","period_end":"2026-12-06"}"#)
+                    try #require(reply.status == .created, "\(reply.text)")
+                    plans[branch, default: []].append(plan)
+                }
+            }
+            // Every stream starts from the same cursor: the newest event once setup has reached the log.
+            let start = try await Self.waitForQuiet(server)
+
+            var watches: [Watch] = []
+            for (branch, user, _) in memberships {
+                let stream = try await ChangeFeedTests.open(
+                    client, "/realtime/v1/branch/\(branch)", as: .user(user), lastEventID: "\(start)")
+                watches.append(Watch(user: user, branch: branch, stream: stream))
+            }
+
+            // The writers: random operations of every table, through REST or SQL.
+            let plansOf = plans
+            let removed = try await server.withOwnerConnection { connection in
+                var random = SeededRandom(seed: seed &* 31)
+                var removed: [(UUID, UUID)] = []
+                var tasks: [(id: UUID, branch: UUID)] = []
+                var cards: [(id: UUID, branch: UUID)] = []
+                var attachments: [UUID] = []
+                for (step, roll) in operations.enumerated() {
+                    let branch = branches[Int(roll % 3)]
+                    let plan = plansOf[branch]![Int((roll >> 8) % 2)]
+                    let viaSQL = (roll >> 16) % 2 == 0
+                    switch (roll >> 20) % 9 {
+                    case 0, 1:
+                        let id = UUID()
+                        if viaSQL {
+                            try await connection.query(
+                                """
+                                INSERT INTO task (id, branch_id, plan_id, title, starts_at, ends_at)
+                                VALUES (\(id), \(branch), \(plan), \("t\(step)"), now(), now() + interval '1 hour')
+                                """, logger: server.logger)
+                        } else {
+                            let reply = try await client.send(
+                                .post, "/rest/v1/tasks", as: service,
+                                json:
+                                    #"{"id":"\#(id)","plan_id":"\#(plan)","title":"t\#(step)","starts_at":"2026-11-30T09:00:00Z","ends_at":"2026-11-30T10:00:00Z"}"#
+                            )
+                            try #require(reply.status == .created, "\(reply.text)")
+                        }
+                        tasks.append((id, branch))
+                    case 2:
+                        guard let (id, _) = tasks.randomElement(using: &random) else { continue }
+                        let status = ["taken", "done", "posted", "edited"].randomElement(using: &random)!
+                        if viaSQL {
+                            try await connection.query(
+                                "UPDATE task SET status = \(status), title = \("s\(step)") WHERE id = \(id)", logger: server.logger)
+                        } else {
+                            _ = try await client.send(.patch, "/rest/v1/tasks/\(id)", as: service, json: #"{"status":"\#(status)"}"#)
+                        }
+                    case 3:
+                        guard !tasks.isEmpty else { continue }
+                        let (id, _) = tasks.remove(at: Int.random(in: 0..<tasks.count, using: &random))
+                        try await connection.query("DELETE FROM task WHERE id = \(id)", logger: server.logger)
+                    case 4:
+                        let id = UUID()
+                        try await connection.query(
+                            "INSERT INTO client_card (id, branch_id, name) VALUES (\(id), \(branch), 'c')", logger: server.logger)
+                        cards.append((id, branch))
+                    case 5:
+                        // A card (cards have no attachments here) moves to another branch.
+                        guard !cards.isEmpty else { continue }
+                        let index = Int.random(in: 0..<cards.count, using: &random)
+                        let to = branches.filter { $0 != cards[index].branch }.randomElement(using: &random)!
+                        try await connection.query("UPDATE client_card SET branch_id = \(to) WHERE id = \(cards[index].id)", logger: server.logger)
+                        cards[index].branch = to
+                    case 6:
+                        guard let (task, taskBranch) = tasks.randomElement(using: &random) else { continue }
+                        let id = UUID()
+                        try await connection.query(
+                            """
+                            INSERT INTO attachment (id, branch_id, task_id, file_name, content_type, byte_size, storage_url)
+                            VALUES (\(id), \(taskBranch), \(task), 'f.pdf', 'application/pdf', 1, 'https://files.example/f')
+                            """, logger: server.logger)
+                        attachments.append(id)
+                    case 7:
+                        guard !attachments.isEmpty else { continue }
+                        let id = attachments.remove(at: Int((roll >> 32) % UInt64(attachments.count)))
+                        try await connection.query("DELETE FROM attachment WHERE id = \(id)", logger: server.logger)
+                    default:
+                        try await connection.query("UPDATE plan SET title = \("p\(step)") WHERE id = \(plan)", logger: server.logger)
+                    }
+                    // Memberships change mid-stream: one removed at a third, one granted at two thirds.
+                    if step == operations.count / 3, let (branch, user, _) = memberships.first {
+                        let reply = try await client.send(.delete, "/rest/v1/branches/\(branch)/members/\(user)", as: service)
+                        try #require(reply.status.code < 300, "\(reply.text)")
+                        removed.append((branch, user))
+                    }
+                    if step == 2 * operations.count / 3,
+                        let (branch, user) = branches.flatMap({ b in users.map { (b, $0) } }).first(where: { pair in
+                            !memberships.contains { $0.0 == pair.0 && $0.1 == pair.1 }
+                        })
+                    {
+                        _ = try await client.send(.put, "/rest/v1/branches/\(branch)/members/\(user)", as: service, json: #"{"role":"viewer"}"#)
+                    }
+                }
+                return removed
+            }
+
+            let end = try await Self.waitForQuiet(server)
+            let database = Database(endpoint: server.endpoint, poolSize: 3, logger: server.logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await database.client.run() }
+                defer { group.cancelAll() }
+                let log = try await Self.events(database, after: 0)
+                for watch in watches {
+                    let expected = Self.expected(for: watch, in: log, after: start, memberships: memberships)
+                    try await watch.stream.waitFor("seq \(end) or the end of the stream", timeout: .seconds(30)) { frames in
+                        frames.contains { Int64($0.id ?? "") ?? 0 >= (expected.last ?? 0) } || watch.stream.isFinished
+                    }
+                    let received = watch.stream.changes.compactMap { Int64($0.id ?? "") }
+                    let differing = Set(received).symmetricDifference(expected).sorted().compactMap { sequence in
+                        log.first { $0.sequence == sequence }.map { "\($0.sequence) \($0.table) \($0.operation) \($0.branchID?.uuidString ?? "-")" }
+                    }
+                    #expect(
+                        received == expected,
+                        "seed \(seed): user \(watch.user) on branch \(watch.branch) (finished: \(watch.stream.isFinished), last: \(watch.stream.frames.last?.event ?? "-")): received \(received), expected \(expected); differing: \(differing)"
+                    )
+                    let revoked = removed.contains { $0.0 == watch.branch && $0.1 == watch.user }
+                    #expect(
+                        watch.stream.frames.contains { $0.event == "revoked" } == revoked,
+                        "seed \(seed): a stream ends revoked exactly when its user lost the branch")
+
+                    // Convergent and isolated: the rows rebuilt from the stream are what the user reads under RLS.
+                    guard !revoked else { continue }
+                    let initialRows = try await Self.rowsUnderRLS(database, as: .user(watch.user), branch: watch.branch, asOf: start, log: log)
+                    var rebuilt = initialRows
+                    for frame in watch.stream.changes {
+                        guard let table = frame.table else { continue }
+                        let id = (frame.operation == "DELETE" ? frame.oldRecord["id"] : frame.record["id"]) as? String ?? "?"
+                        if frame.operation == "DELETE" { rebuilt[table, default: []].remove(id) } else { rebuilt[table, default: []].insert(id) }
+                    }
+                    rebuilt = rebuilt.filter { !$0.value.isEmpty }
+                    let truth = try await Self.rowsUnderRLS(database, as: .user(watch.user), branch: watch.branch, asOf: nil, log: log)
+                    #expect(rebuilt == truth, "seed \(seed): user \(watch.user) on branch \(watch.branch) did not converge")
+                }
+                for watch in watches { watch.stream.close() }
+            }
+        }
+    }
+
+    /// The sequences a stream must carry: every event of its branch (where the row is, or was for a DELETE or a move
+    /// away) after the cursor, while its user is a member — replaying the log's own membership events.
+    static func expected(for watch: Watch, in log: [ChangeEvent], after start: Int64, memberships: [(UUID, UUID, String)]) -> [Int64] {
+        var member = Set(memberships.map { "\($0.1)/\($0.0)" })
+        var result: [Int64] = []
+        let key = "\(watch.user)/\(watch.branch)"
+        for event in log {
+            if event.table == "branch_member", let row = MembershipRow(event) {
+                if event.operation == .delete { member.remove("\(row.user)/\(row.branch)") } else { member.insert("\(row.user)/\(row.branch)") }
+                if event.sequence > start && event.operation == .delete && "\(row.user)/\(row.branch)" == key { return result }
+            }
+            guard event.sequence > start, member.contains(key) else { continue }
+            let old = event.oldBranchID ?? event.branchID
+            if event.branchID == watch.branch || old == watch.branch { result.append(event.sequence) }
+        }
+        return result
+    }
+
+    struct MembershipRow {
+        var user: UUID
+        var branch: UUID
+        init?(_ event: ChangeEvent) {
+            let text = event.operation == .delete ? event.oldRecord : event.record
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any],
+                let user = (object["user_id"] as? String).flatMap(UUID.init(uuidString:)),
+                let branch = (object["branch_id"] as? String).flatMap(UUID.init(uuidString:))
+            else { return nil }
+            self.user = user
+            self.branch = branch
+        }
+    }
+
+    /// Ids of the branch's rows, per table, that the user reads under RLS now — or, `asOf` a cursor, the rows that
+    /// existed then (those now readable whose first event came later are left out; none is deleted before the start).
+    static func rowsUnderRLS(_ database: Database, as principal: Principal, branch: UUID, asOf: Int64?, log: [ChangeEvent]) async throws
+        -> [String: Set<String>]
+    {
+        if let asOf {
+            // Before the writers started, the branches held their plans and memberships, put there by inserts.
+            var rows: [String: Set<String>] = [:]
+            for event in log where event.sequence <= asOf && event.branchID == branch {
+                switch event.operation {
+                case .insert: rows[event.table, default: []].insert(PolicyEquivalenceTests.rowID(event))
+                case .delete: rows[event.table]?.remove(PolicyEquivalenceTests.rowID(event))
+                case .update: break
+                }
+            }
+            return rows.filter { !$0.value.isEmpty }
+        }
+        return try await database.withRequestTransaction(as: principal) { transaction in
+            var visible: [String: Set<String>] = [:]
+            for table in tables {
+                let rows = try await transaction.query(
+                    PostgresQuery(
+                        unsafeSQL: "SELECT id::text FROM \(table) WHERE branch_id = $1",
+                        binds: {
+                            var binds = PostgresBindings()
+                            binds.append(branch)
+                            return binds
+                        }()))
+                let ids = try rows.map { try $0.decode(String.self) }
+                if !ids.isEmpty { visible[table] = Set(ids) }
+            }
+            return visible
+        }
+    }
+
+    static func events(_ database: Database, after cursor: Int64) async throws -> [ChangeEvent] {
+        var events: [ChangeEvent] = []
+        while true {
+            let batch = try await EventLog.read(after: events.last?.sequence ?? cursor, limit: 1000, client: database.client, logger: database.logger)
+            events += batch
+            if batch.count < 1000 { return events }
+        }
+    }
+
+    /// Waits until the WAL written so far has reached the event log, and returns the newest sequence.
+    static func waitForQuiet(_ server: TestServer) async throws -> Int64 {
+        try await server.withOwnerConnection { connection in
+            var target = ""
+            for try await lsn in try await connection.query("SELECT pg_current_wal_lsn()::text", logger: server.logger).decode(String.self) {
+                target = lsn
+            }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                let rows = try await connection.query(
+                    "SELECT confirmed_flush_lsn >= \(target)::pg_lsn, (SELECT coalesce(max(seq), 0) FROM realtime.event_log) FROM pg_replication_slots WHERE database = current_database()",
+                    logger: server.logger)
+                for try await (caughtUp, newest) in rows.decode((Bool, Int64).self) where caughtUp { return newest }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            throw FaultTimeout(what: "the relay to catch up", timeout: .seconds(60))
+        }
+    }
+}
