@@ -99,7 +99,7 @@ final class SSEClient: Sendable {
     @discardableResult
     func waitFor(
         _ what: String,
-        timeout: Duration = .seconds(10),
+        timeout: Duration = .seconds(30),
         _ condition: ([Frame]) -> Bool
     ) async throws -> [Frame] {
         let deadline = ContinuousClock.now + timeout
@@ -113,14 +113,14 @@ final class SSEClient: Sendable {
 
     /// Waits until at least `count` change frames arrived.
     @discardableResult
-    func waitForChanges(_ count: Int, timeout: Duration = .seconds(10)) async throws -> [Frame] {
+    func waitForChanges(_ count: Int, timeout: Duration = .seconds(30)) async throws -> [Frame] {
         try await waitFor("\(count) change frames", timeout: timeout) { frames in
             frames.filter { $0.event == "postgres_changes" }.count >= count
         }.filter { $0.event == "postgres_changes" }
     }
 
     /// Waits until the server ends the stream.
-    func waitUntilFinished(timeout: Duration = .seconds(10)) async throws {
+    func waitUntilFinished(timeout: Duration = .seconds(30)) async throws {
         let deadline = ContinuousClock.now + timeout
         while !isFinished {
             if ContinuousClock.now > deadline { throw SSETimeout(what: "the stream to end", frames: frames) }
