@@ -55,7 +55,8 @@ struct FeedAttribution {
                 write = nil
             }
             expected.append(
-                ExpectedEvent(sequence: sequence, channel: plan, originMicroseconds: commit, acknowledgedMicroseconds: write?.acknowledgedMicroseconds)
+                ExpectedEvent(
+                    sequence: sequence, channel: plan, originMicroseconds: commit, acknowledgedMicroseconds: write?.acknowledgedMicroseconds)
             )
         }
         let acknowledged = writes.filter(\.succeeded)

@@ -10,10 +10,12 @@ struct Fixture: Sendable {
     var plans: [UUID]
     /// One user per subscriber, a viewer of the branch of that subscriber's plan.
     var users: [UUID]
+    /// A plan in branch 0 that no subscriber watches, renamed to mark a point in the feed (see ``awaitFeed(rest:timeout:)``).
+    var sentinelPlan: UUID
     /// Tasks made before the measurement, per plan, so that updates and deletes have rows from the first second.
     var seededTasks: [[UUID]]
     /// Every event of the measurement has a higher sequence than this.
-    var startCursor: Int64
+    var startCursor: Int64 = 0
 
     func branchIndex(ofPlan plan: Int) -> Int { plan % branches.count }
 
@@ -26,12 +28,13 @@ struct Fixture: Sendable {
         var concurrency: Int
     }
 
-    /// Creates everything through `rest` (a service-role client), then finds the start cursor: it renames plan 0 and
-    /// waits until the feed carries that change, so that every setup event is at or before it.
+    /// Creates everything through `rest` (a service-role client), then finds the start cursor: it renames the sentinel
+    /// plan and waits until the feed carries that change, so that every setup event is at or before it.
     static func create(_ shape: Shape, rest: RestClient, log: @escaping @Sendable (String) -> Void) async throws -> Fixture {
         let run = String(UUID().uuidString.prefix(8)).lowercased()
         let branches = (0..<shape.branches).map { _ in UUID() }
         let plans = (0..<shape.plans).map { _ in UUID() }
+        let sentinelPlan = UUID()
         let users = (0..<shape.users).map { _ in UUID() }
         let seeded = plans.map { _ in (0..<shape.tasksPerPlan).map { _ in UUID() } }
         let started = Date()
@@ -40,7 +43,7 @@ struct Fixture: Sendable {
             let (index, id) = pair
             try await rest.expectSuccess(.POST, "/rest/v1/branches", json: #"{"id":"\#(id.lowercased)","name":"bench \#(run) branch \#(index)"}"#)
         }
-        try await forEachConcurrently(Array(plans.enumerated()), limit: shape.concurrency) { pair in
+        try await forEachConcurrently(Array((plans + [sentinelPlan]).enumerated()), limit: shape.concurrency) { pair in
             let (index, id) = pair
             let branch = branches[index % branches.count]
             try await rest.expectSuccess(
@@ -65,28 +68,34 @@ struct Fixture: Sendable {
         }
         log("setup: \(seedJobs.count) seed tasks in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
 
-        let startCursor = try await sentinel(plan: plans[0], run: run, rest: rest)
-        return Fixture(branches: branches, plans: plans, users: users, seededTasks: seeded, startCursor: startCursor)
+        var fixture = Fixture(branches: branches, plans: plans, users: users, sentinelPlan: sentinelPlan, seededTasks: seeded)
+        guard let startCursor = try await fixture.awaitFeed(rest: rest, timeout: .seconds(120)) else {
+            throw BenchError("The change feed did not carry the setup sentinel within 120 s: is the relay running?")
+        }
+        fixture.startCursor = startCursor
+        return fixture
     }
 
-    /// Renames a plan and returns the sequence of that change once the feed carries it.
-    private static func sentinel(plan: UUID, run: String, rest: RestClient) async throws -> Int64 {
-        let snapshot = try await rest.expectSuccess(.GET, "/rest/v1/plans/\(plan.lowercased)/snapshot")
+    /// Renames the sentinel plan (which no subscriber watches) and returns the sequence number of that change once the
+    /// feed carries it: every write acknowledged before has a lower one. Nil when it did not come within `timeout`.
+    func awaitFeed(rest: RestClient, timeout: Duration) async throws -> Int64? {
+        let plan = sentinelPlan.lowercased
+        let snapshot = try await rest.expectSuccess(.GET, "/rest/v1/plans/\(plan)/snapshot")
         struct Snapshot: Decodable { var cursor: String }
         let head = try JSONDecoder().decode(Snapshot.self, from: Data(snapshot.body.readableBytesView)).cursor.split(separator: "~").first ?? "0"
-        let title = "bench \(run) sentinel"
-        try await rest.expectSuccess(.PATCH, "/rest/v1/plans/\(plan.lowercased)", json: #"{"title":"\#(title)"}"#)
+        let title = "bench sentinel \(UUID().uuidString.prefix(8))"
+        try await rest.expectSuccess(.PATCH, "/rest/v1/plans/\(plan)", json: #"{"title":"\#(title)"}"#)
         let reader = FeedReader(rest: rest)
         var cursor = String(head)
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline {
-            let page = try await reader.page("/realtime/v1/changes?channel=plan:\(plan.lowercased)&table=plan&after=\(cursor)&wait=5&limit=1000")
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let page = try await reader.page("/realtime/v1/changes?channel=plan:\(plan)&table=plan&after=\(cursor)&wait=5&limit=1000")
             if let event = page.events.first(where: { $0.record.title == title }), let sequence = event.sequence {
                 return sequence
             }
             cursor = page.cursor
         }
-        throw BenchError("The change feed did not carry the setup sentinel within 60 s: is the relay running?")
+        return nil
     }
 }
 

@@ -52,7 +52,8 @@ struct NchanScenario: AsyncParsableCommand {
         let run = String(UUID().uuidString.prefix(8)).lowercased()
         let channelNames = (0..<options.channels).map { "b\(run)c\($0)" }
         let targets = (0..<options.subscribers).map { index in
-            SubscriberTarget(index: index, channel: index % channelNames.count, path: "/sub/\(channelNames[index % channelNames.count])", bearerToken: nil)
+            SubscriberTarget(
+                index: index, channel: index % channelNames.count, path: "/sub/\(channelNames[index % channelNames.count])", bearerToken: nil)
         }
         let probes = ResourceProbes(options: options, serverHasChildren: true)
         let counters = LiveCounters()
@@ -89,7 +90,8 @@ struct NchanScenario: AsyncParsableCommand {
                     let acknowledged = WallClock.microseconds()
                     if answer.isSuccess {
                         counters.writesAcknowledged.add(1, ordering: .relaxed)
-                        let event = ExpectedEvent(sequence: sequence, channel: channel, originMicroseconds: sent, acknowledgedMicroseconds: acknowledged)
+                        let event = ExpectedEvent(
+                            sequence: sequence, channel: channel, originMicroseconds: sent, acknowledgedMicroseconds: acknowledged)
                         published.withLock { $0.append(event) }
                     } else {
                         counters.writesFailed.add(1, ordering: .relaxed)
@@ -103,7 +105,7 @@ struct NchanScenario: AsyncParsableCommand {
         }
         let publishSeconds = (ContinuousClock.now - publishStart).seconds
         log("publishing done; waiting for the last frames")
-        await fleet.waitForQuiet(limit: .milliseconds(Int64(options.drainSeconds * 1000)))
+        await fleet.waitForQuiet(quiet: .seconds(3), limit: .milliseconds(Int64(options.drainSeconds * 1000)))
         let windowSeconds = (ContinuousClock.now - window.started).seconds
         let serverCPU = window.server.cpuSeconds()
         let toolCPU = window.tool.cpuSeconds()

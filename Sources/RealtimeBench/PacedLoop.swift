@@ -1,5 +1,6 @@
 /// Runs jobs at a steady rate for a while — open loop: the schedule does not wait for answers, except that no more
 /// than `maxInFlight` jobs run at once (then the achieved rate falls below the asked one, which the report shows).
+/// No job starts after `duration`; the loop then waits for the jobs still running.
 struct PacedLoop: Sendable {
     var rate: Double
     var duration: Duration
@@ -15,7 +16,8 @@ struct PacedLoop: Sendable {
             var number = 0
             while true {
                 let due = start + .seconds(Double(number) / rate)
-                guard due < end else { break }
+                // The schedule ends at `end`, and so does the loop when the cap held it back: it stops on time.
+                guard due < end, clock.now < end else { break }
                 if due > clock.now { try? await Task.sleep(until: due, clock: clock) }
                 while inFlight.value >= maxInFlight { await group.next() }
                 let current = number

@@ -41,10 +41,12 @@ struct RealtimeScenario: AsyncParsableCommand {
         let group = options.makeGroup()
         let http = RestClient.makeHTTPClient(group: group, connections: max(options.maxInFlight, setupConcurrency))
         let lifetime = Int(options.duration) + 3600
-        let service = RestClient(http: http, baseURL: options.url, bearerToken: minter.token(subject: "service", role: .serviceRole, lifetime: lifetime))
+        let service = RestClient(
+            http: http, baseURL: options.url, bearerToken: minter.token(subject: "service", role: .serviceRole, lifetime: lifetime))
         let started = timestampNow()
         do {
-            let report = try await measure(host: host, port: port, mix: mix, minter: minter, service: service, group: group, started: started, log: log)
+            let report = try await measure(
+                host: host, port: port, mix: mix, minter: minter, service: service, group: group, started: started, log: log)
             print(report.table)
             if let path = options.jsonOut { try report.write(to: path) }
         } catch {
@@ -82,7 +84,8 @@ struct RealtimeScenario: AsyncParsableCommand {
         for index in 0..<options.subscribers {
             let plan = index % fixture.plans.count
             let token = minter.token(subject: fixture.users[index].lowercased, role: .authenticated, lifetime: lifetime)
-            targets.append(SubscriberTarget(index: index, channel: plan, path: "/realtime/v1/plan/\(fixture.plans[plan].lowercased)", bearerToken: token))
+            targets.append(
+                SubscriberTarget(index: index, channel: plan, path: "/realtime/v1/plan/\(fixture.plans[plan].lowercased)", bearerToken: token))
             if index % negativeEvery == 0 {
                 let foreign = fixture.branches[(fixture.branchIndex(ofPlan: plan) + 1) % fixture.branches.count]
                 targets.append(
@@ -129,8 +132,14 @@ struct RealtimeScenario: AsyncParsableCommand {
             await driver.run(rate: rate, duration: duration, maxInFlight: maxInFlight)
         }
         let writeSeconds = (ContinuousClock.now - writeStart).seconds
-        log("writes done; waiting for the last frames")
-        await fleet.waitForQuiet(limit: .milliseconds(Int64(options.drainSeconds * 1000)))
+        log("writes done; waiting for the feed to carry them all")
+        let feedEnd = try await fixture.awaitFeed(rest: service, timeout: .milliseconds(Int64(options.drainSeconds * 1000)))
+        let catchUpSeconds = (ContinuousClock.now - writeStart).seconds - writeSeconds
+        log(
+            feedEnd == nil
+                ? "the feed did not catch up within \(options.drainSeconds) s"
+                : String(format: "the feed caught up %.1f s after the last write", catchUpSeconds))
+        await fleet.waitForQuiet(limit: .seconds(30))
         let windowSeconds = (ContinuousClock.now - window.started).seconds
         let serverCPU = window.server.cpuSeconds()
         let databaseCPU = window.database.cpuSeconds()
@@ -160,6 +169,12 @@ struct RealtimeScenario: AsyncParsableCommand {
             deliveriesPerSecond = Double(result.check.delivered) / (Double(last - first) / 1e6)
         }
         var notes: [String] = []
+        if feedEnd == nil {
+            notes.append(
+                "the feed had not carried every acknowledged write \(options.drainSeconds) s after the last one: see writes missing from feed")
+        } else {
+            notes.append(String(format: "the feed carried the last write %.1f s after writing ended", catchUpSeconds))
+        }
         if fleet.failedToConnect > 0 { notes.append("connect failures: \(fleet.failureReasons)") }
         return ScenarioReport(
             mode: "realtime",

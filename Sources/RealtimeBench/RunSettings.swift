@@ -28,8 +28,8 @@ struct LoadOptions: ParsableArguments {
     @Option(help: "Most writes in flight at once; beyond it the achieved rate falls.")
     var maxInFlight = 256
 
-    @Option(help: "Most seconds to wait after the last write for frames still on their way.")
-    var drainSeconds: Double = 15
+    @Option(help: "Most seconds to wait after the last write for the feed (realtime) or the frames (nchan) to catch up.")
+    var drainSeconds: Double = 120
 
     @Option(help: "Event-loop threads of the tool.")
     var threads = 2

@@ -114,7 +114,9 @@ struct ScenarioReport: Codable, Sendable {
         var rows: [(String, String)] = []
         func add(_ label: String, _ value: String) { rows.append((label, value)) }
         func ms(_ summary: LatencySummary) -> String {
-            String(format: "p50 %.1f  p95 %.1f  p99 %.1f  max %.1f ms  (n=%d)", summary.p50Ms, summary.p95Ms, summary.p99Ms, summary.maxMs, summary.count)
+            String(
+                format: "p50 %.1f  p95 %.1f  p99 %.1f  max %.1f ms  (n=%d)", summary.p50Ms, summary.p95Ms, summary.p99Ms, summary.maxMs, summary.count
+            )
         }
         func mib(_ bytes: Int?) -> String { bytes.map { String(format: "%.1f MiB", Double($0) / 1_048_576) } ?? "-" }
         func seconds(_ value: Double?) -> String { value.map { String(format: "%.2f s", $0) } ?? "-" }
@@ -124,9 +126,14 @@ struct ScenarioReport: Codable, Sendable {
             "\(settings.subscribers) subscribers, \(settings.channels) channels, \(settings.writesPerSecond)/s for \(settings.durationSeconds) s"
         )
         if let connect { add("connect", String(format: "%.1f s (%.0f/s)", connect.seconds, connect.perSecond)) }
-        add("writes", String(format: "%d sent, %d acknowledged, %d failed, %.1f/s", writes.attempted, writes.acknowledged, writes.failed, writes.perSecond))
+        add(
+            "writes",
+            String(format: "%d sent, %d acknowledged, %d failed, %.1f/s", writes.attempted, writes.acknowledged, writes.failed, writes.perSecond))
         if let feed {
-            add("feed", "\(feed.events) events; writes in feed \(feed.writesInFeed), missing \(feed.writesMissingFromFeed); unmatched \(feed.unmatchedEvents)")
+            add(
+                "feed",
+                "\(feed.events) events; writes in feed \(feed.writesInFeed), missing \(feed.writesMissingFromFeed); unmatched \(feed.unmatchedEvents)"
+            )
         }
         if let delivery {
             add(
@@ -140,7 +147,9 @@ struct ScenarioReport: Codable, Sendable {
                     + "disconnects \(delivery.disconnects)"
             )
             if delivery.negativeControls > 0 {
-                add("negative controls", "\(delivery.negativeControlsRefused)/\(delivery.negativeControls) refused, \(delivery.negativeControlsLeaked) leaked")
+                add(
+                    "negative controls",
+                    "\(delivery.negativeControlsRefused)/\(delivery.negativeControls) refused, \(delivery.negativeControlsLeaked) leaked")
             }
         }
         add(mode == "realtime" ? "commit → receipt" : mode == "nchan" ? "publish → receipt" : "notify → listen", ms(originToReceipt))

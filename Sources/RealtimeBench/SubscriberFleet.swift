@@ -99,10 +99,10 @@ struct ProgressLine: Sendable {
                         + String(
                             format: " %3.0f/%.0f s  acknowledged %d (%.0f/s)  failed %d  frames %d (%.0f/s)  open %d  disconnects %d",
                             (now - start) / .milliseconds(1) / 1000, total / .milliseconds(1) / 1000, writes,
-                        Double(writes - lastWrites) / span, counters.writesFailed.load(ordering: .relaxed), frames,
-                        Double(frames - lastFrames) / span, counters.openStreams.load(ordering: .relaxed),
-                        counters.disconnects.load(ordering: .relaxed)
-                    )
+                            Double(writes - lastWrites) / span, counters.writesFailed.load(ordering: .relaxed), frames,
+                            Double(frames - lastFrames) / span, counters.openStreams.load(ordering: .relaxed),
+                            counters.disconnects.load(ordering: .relaxed)
+                        )
                 )
                 lastWrites = writes
                 lastFrames = frames
