@@ -141,6 +141,10 @@ def main():
         if feed:
             notes.append(f"feed: {feed['events']} events, writes in feed {feed['writes_in_feed']}, missing from feed "
                          f"{feed['writes_missing_from_feed']}, unmatched events {feed['unmatched_events']}")
+        if d.get("subscribers_open"):
+            window = (run.get("cpu") or {}).get("window_s") or 0
+            notes.append(f"disconnect rate {d.get('disconnects', 0) / d['subscribers_open']:.2%} of {d['subscribers_open']} streams "
+                         f"over the {window:.0f} s window")
         if d.get("disconnect_reasons"):
             notes.append(f"disconnect reasons: {d['disconnect_reasons']}")
         if d.get("control_events"):
