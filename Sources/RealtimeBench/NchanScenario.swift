@@ -1,0 +1,172 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+/// `realtime-bench nchan`: the same subscribers and publish rate against nginx + nchan, the peer for raw fan-out.
+///
+/// Subscribers use nchan's EventSource location (`/sub/<channel>`); the publisher POSTs to `/pub/<channel>` a payload
+/// of the chosen size that starts with `{"seq":<n>`, by which the client tells messages apart.
+struct NchanScenario: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nchan",
+        abstract: "Load nginx + nchan with the same subscriber and publisher pattern, measured by the same client code."
+    )
+
+    @OptionGroup var options: LoadOptions
+
+    @Option(help: "Bytes of each published message (use the realtime run's average frame size for a like-for-like peer).")
+    var payloadBytes = 600
+
+    func run() async throws {
+        let (host, port) = try options.loopbackEndpoint()
+        let log = options.log
+        let group = options.makeGroup()
+        let http = RestClient.makeHTTPClient(group: group, connections: options.maxInFlight)
+        let publisher = RestClient(http: http, baseURL: options.url, bearerToken: nil)
+        let started = timestampNow()
+        do {
+            let report = try await measure(host: host, port: port, publisher: publisher, group: group, started: started, log: log)
+            print(report.table)
+            if let path = options.jsonOut { try report.write(to: path) }
+        } catch {
+            try? await http.shutdown()
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try await http.shutdown()
+        try await group.shutdownGracefully()
+    }
+
+    private func measure(
+        host: String,
+        port: Int,
+        publisher: RestClient,
+        group: MultiThreadedEventLoopGroup,
+        started: String,
+        log: @escaping @Sendable (String) -> Void
+    ) async throws -> ScenarioReport {
+        let run = String(UUID().uuidString.prefix(8)).lowercased()
+        let channelNames = (0..<options.channels).map { "b\(run)c\($0)" }
+        let targets = (0..<options.subscribers).map { index in
+            SubscriberTarget(
+                index: index, channel: index % channelNames.count, path: "/sub/\(channelNames[index % channelNames.count])", bearerToken: nil)
+        }
+        let probes = ResourceProbes(options: options, serverHasChildren: true)
+        let counters = LiveCounters()
+        let fleet = SubscriberFleet(
+            connector: SubscriberConnector(group: group, host: host, port: port, source: .dataPrefix, counters: counters, sink: OutcomeSink())
+        )
+        let rssBefore = probes.server?.residentBytes()
+        let connectSeconds = try await fleet.open(targets, concurrency: options.connectConcurrency, log: log)
+        let opened = counters.openStreams.load(ordering: .relaxed)
+        log(String(format: "%d streams open in %.1f s (%d failed to connect)", opened, connectSeconds, fleet.failedToConnect))
+        let idleWindow = ResourceWindow(probes.server)
+        try await Task.sleep(for: .seconds(3))
+        let rssAfter = probes.server?.residentBytes()
+        let idleCPU = idleWindow.cpuSeconds()
+
+        let window = probes.openWindow()
+        let published = Shared<[ExpectedEvent]>([])
+        let failureStatuses = Shared<[String: Int]>([:])
+        let attempted = Counter()
+        let rate = options.rate
+        let maxInFlight = options.maxInFlight
+        let duration = Duration.milliseconds(Int64(options.duration * 1000))
+        let padding = String(repeating: "x", count: max(0, payloadBytes - 40))
+        let publishStart = ContinuousClock.now
+        await ProgressLine(counters: counters, label: "publish", log: log).run(total: duration) {
+            await PacedLoop(rate: rate, duration: duration, maxInFlight: maxInFlight).run { number in
+                attempted.add()
+                let channel = number % channelNames.count
+                let sequence = Int64(number + 1)
+                let sent = WallClock.microseconds()
+                let body = #"{"seq":\#(sequence),"sent_us":\#(sent),"pad":"\#(padding)"}"#
+                do {
+                    let answer = try await publisher.send(.POST, "/pub/\(channelNames[channel])", json: body)
+                    let acknowledged = WallClock.microseconds()
+                    if answer.isSuccess {
+                        counters.writesAcknowledged.add(1, ordering: .relaxed)
+                        let event = ExpectedEvent(
+                            sequence: sequence, channel: channel, originMicroseconds: sent, acknowledgedMicroseconds: acknowledged)
+                        published.withLock { $0.append(event) }
+                    } else {
+                        counters.writesFailed.add(1, ordering: .relaxed)
+                        failureStatuses.withLock { $0[String(answer.status), default: 0] += 1 }
+                    }
+                } catch {
+                    counters.writesFailed.add(1, ordering: .relaxed)
+                    failureStatuses.withLock { $0["no answer", default: 0] += 1 }
+                }
+            }
+        }
+        let publishSeconds = (ContinuousClock.now - publishStart).seconds
+        log("publishing done; waiting for the last frames")
+        await fleet.waitForQuiet(quiet: .seconds(3), limit: .milliseconds(Int64(options.drainSeconds * 1000)))
+        let windowSeconds = (ContinuousClock.now - window.started).seconds
+        let serverCPU = window.server.cpuSeconds()
+        let toolCPU = window.tool.cpuSeconds()
+        let rssEnd = probes.server?.residentBytes()
+        let toolRSS = probes.tool.residentBytes()
+        let outcomes = await fleet.closeAll()
+
+        let expected = published.value
+        let result = Verifier(expected: expected, startSequence: 0, failedToConnect: fleet.failedToConnect).verify(outcomes)
+        var deliveriesPerSecond: Double?
+        if let first = result.check.firstReceiptMicroseconds, let last = result.check.lastReceiptMicroseconds, last > first {
+            deliveriesPerSecond = Double(result.check.delivered) / (Double(last - first) / 1e6)
+        }
+        var notes: [String] = []
+        if fleet.failedToConnect > 0 { notes.append("connect failures: \(fleet.failureReasons)") }
+        let attempts = attempted.value
+        return ScenarioReport(
+            mode: "nchan",
+            name: options.name,
+            settings: .init(
+                subscribers: options.subscribers,
+                channels: options.channels,
+                branches: 0,
+                writesPerSecond: options.rate,
+                durationSeconds: options.duration,
+                negativeControlShare: 0,
+                mix: nil,
+                payloadBytes: payloadBytes,
+                toolThreads: options.threads
+            ),
+            connect: .init(seconds: connectSeconds, perSecond: Double(targets.count) / max(connectSeconds, 0.001)),
+            memory: .init(
+                serverRSSBeforeBytes: rssBefore,
+                serverRSSAfterBytes: rssAfter,
+                perIdleSubscriberBytes: rssBefore.flatMap { before in rssAfter.map { Double($0 - before) / Double(max(opened, 1)) } },
+                serverRSSEndBytes: rssEnd,
+                toolRSSBytes: toolRSS
+            ),
+            cpu: .init(
+                windowSeconds: windowSeconds,
+                serverSeconds: serverCPU,
+                toolSeconds: toolCPU,
+                databaseSeconds: nil,
+                serverMicrosecondsPerDelivery: serverCPU.map { $0 * 1e6 / Double(max(result.check.delivered, 1)) },
+                serverIdleSecondsWhileConnected: idleCPU
+            ),
+            writes: .init(
+                attempted: attempts,
+                acknowledged: expected.count,
+                failed: attempts - expected.count,
+                perSecond: Double(expected.count) / publishSeconds,
+                failureStatuses: failureStatuses.value
+            ),
+            feed: nil,
+            delivery: result.check,
+            originToReceipt: result.originToReceipt,
+            acknowledgementToReceipt: result.acknowledgementToReceipt,
+            receivedBeforeAcknowledgement: result.receivedBeforeAcknowledgement,
+            deliveriesPerSecond: deliveriesPerSecond,
+            startedAt: started,
+            notes: notes
+        )
+    }
+}
