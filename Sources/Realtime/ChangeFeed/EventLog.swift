@@ -20,11 +20,13 @@ public enum EventLog {
     /// The NOTIFY channel that wakes the tailers after each appended batch.
     public static let wakeUpChannel = "realtime_events"
 
-    /// Appends the changes of committed transactions, in order, in the caller's open transaction. A change already
-    /// logged (same commit LSN and index, replayed after a crash) is skipped. Returns the number of new rows.
+    /// Appends the changes of committed transactions, in order, in the caller's open transaction, with one statement
+    /// for the whole batch (one round trip, however many changes: a statement per change made the relay the
+    /// bottleneck under load). A change already logged (same commit LSN and index, replayed after a crash) is skipped.
+    /// Returns the number of changes offered (not counting those of other tables).
     @discardableResult
     static func append(_ transactions: [WALTransaction], on connection: PostgresConnection, logger: Logger) async throws -> Int {
-        var appended = 0
+        var batch = AppendBatch()
         for transaction in transactions {
             let lsn = LogicalReplicationStream.formatLSN(transaction.commitLSN)
             for (index, change) in transaction.changes.enumerated() {
@@ -44,48 +46,82 @@ public enum EventLog {
                     oldPlan = locators.plan.flatMap { uuid(oldRow[$0]) }.flatMap { $0 == plan ? nil : $0 }
                     changedColumns = change.columns.filter { oldRow[$0] != newRow[$0] }
                 }
-                let table = "public." + identifier(change.table)
-                let recordSQL = change.operation == .delete ? "'{}'::json" : "row_to_json(json_populate_record(NULL::\(table), $12::json))"
-                let oldRecordSQL: String
-                switch change.operation {
-                case .insert:
-                    oldRecordSQL = "'{}'::json"
-                case .delete:
-                    oldRecordSQL = "row_to_json(json_populate_record(NULL::\(table), $13::json))"
-                case .update:
-                    oldRecordSQL = """
-                        coalesce((SELECT json_object_agg(key, value) FROM json_each(row_to_json(json_populate_record(NULL::\(table), $13::json)))
-                                  WHERE key = ANY($14::text[])), '{}'::json)
-                        """
+                batch.lsns.append(lsn)
+                batch.indexes.append(index)
+                batch.xids.append(Int64(transaction.xid))
+                batch.commitTimes.append(transaction.commitTime)
+                batch.tableNames.append(change.table)
+                batch.operations.append(change.operation.rawValue)
+                for (column, value) in [(0, branch), (1, plan), (2, task), (3, oldBranch), (4, oldPlan)] {
+                    batch.places[column].append(value?.uuidString ?? "")
                 }
-                var bindings = PostgresBindings()
-                bindings.append(lsn)
-                bindings.append(index)
-                bindings.append(Int64(transaction.xid))
-                bindings.append(transaction.commitTime)
-                bindings.append(change.table)
-                bindings.append(change.operation.rawValue)
-                bindings.append(branch)
-                bindings.append(plan)
-                bindings.append(task)
-                bindings.append(oldBranch)
-                bindings.append(oldPlan)
-                bindings.append(jsonText(newRow ?? [:]))
-                bindings.append(jsonText(oldRow ?? [:]))
-                bindings.append(changedColumns)
-                let sql = """
-                    INSERT INTO realtime.event_log (commit_lsn, tx_index, xid, commit_time, table_name, op, branch_id, plan_id, task_id,
-                                                    old_branch_id, old_plan_id, record, old_record)
-                    SELECT $1::pg_lsn, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \(recordSQL), \(oldRecordSQL)
-                    ON CONFLICT ON CONSTRAINT event_log_position_key DO NOTHING
-                    """
-                let result = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)
-                for try await _ in result {}
-                appended += 1
+                batch.newRows.append(jsonText(newRow ?? [:]))
+                batch.oldRows.append(jsonText(oldRow ?? [:]))
+                batch.changedColumns.append(JSONValue.text(ofArray: changedColumns))
             }
         }
-        return appended
+        guard !batch.lsns.isEmpty else { return 0 }
+        var bindings = PostgresBindings()
+        bindings.append(batch.lsns)
+        bindings.append(batch.indexes)
+        bindings.append(batch.xids)
+        bindings.append(batch.commitTimes)
+        bindings.append(batch.tableNames)
+        bindings.append(batch.operations)
+        for column in batch.places { bindings.append(column) }
+        bindings.append(batch.newRows)
+        bindings.append(batch.oldRows)
+        bindings.append(batch.changedColumns)
+        let result = try await connection.query(PostgresQuery(unsafeSQL: appendSQL, binds: bindings), logger: logger)
+        for try await _ in result {}
+        return batch.lsns.count
     }
+
+    /// The columns of a batch, one array each, unnested by ``appendSQL`` in order.
+    private struct AppendBatch {
+        var lsns: [String] = []
+        var indexes: [Int] = []
+        var xids: [Int64] = []
+        var commitTimes: [Date] = []
+        var tableNames: [String] = []
+        var operations: [String] = []
+        /// branch, plan, task, old branch, old plan: uuid text, or "" for none.
+        var places: [[String]] = Array(repeating: [], count: 5)
+        var newRows: [String] = []
+        var oldRows: [String] = []
+        /// Each an array of column names as JSON text.
+        var changedColumns: [String] = []
+    }
+
+    /// A row's JSON as the REST API shows it: PostgreSQL turns the WAL's text values into the table's types.
+    private static func typedRecord(_ json: String) -> String {
+        "CASE c.table_name "
+            + tables.keys.sorted().map { "WHEN '\($0)' THEN row_to_json(json_populate_record(NULL::public.\(identifier($0)), \(json)))" }
+            .joined(separator: " ") + " END"
+    }
+
+    /// One INSERT for a batch: the arrays unnested in order (the identity column numbers rows in that order, so `seq`
+    /// follows commit order), each record typed by its table, an UPDATE's old record cut to the columns that changed.
+    private static let appendSQL = """
+        INSERT INTO realtime.event_log (commit_lsn, tx_index, xid, commit_time, table_name, op, branch_id, plan_id, task_id,
+                                        old_branch_id, old_plan_id, record, old_record)
+        SELECT c.lsn::pg_lsn, c.tx_index, c.xid, c.commit_time, c.table_name, c.op,
+               NULLIF(c.branch, '')::uuid, NULLIF(c.plan, '')::uuid, NULLIF(c.task, '')::uuid,
+               NULLIF(c.old_branch, '')::uuid, NULLIF(c.old_plan, '')::uuid,
+               CASE WHEN c.op = 'DELETE' THEN '{}'::json ELSE \(typedRecord("c.new_row::json")) END,
+               CASE c.op
+                   WHEN 'INSERT' THEN '{}'::json
+                   WHEN 'DELETE' THEN \(typedRecord("c.old_row::json"))
+                   ELSE coalesce((SELECT json_object_agg(key, value) FROM json_each(\(typedRecord("c.old_row::json")))
+                                  WHERE key IN (SELECT json_array_elements_text(c.changed::json))), '{}'::json)
+               END
+        FROM unnest($1::text[], $2::int[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[],
+                    $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+             WITH ORDINALITY AS c(lsn, tx_index, xid, commit_time, table_name, op, branch, plan, task, old_branch, old_plan,
+                                  new_row, old_row, changed, position)
+        ORDER BY c.position
+        ON CONFLICT ON CONSTRAINT event_log_position_key DO NOTHING
+        """
 
     /// The columns every read of the log selects, in the order `event(from:)` decodes them.
     static let selectColumns = """

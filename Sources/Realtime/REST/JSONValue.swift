@@ -59,6 +59,11 @@ public enum JSONValue: Sendable, Equatable, Codable {
         return nil
     }
 
+    /// Encodes strings as a compact JSON array.
+    static func text(ofArray strings: [String]) -> String {
+        "[" + strings.map(JSONText.quote).joined(separator: ",") + "]"
+    }
+
     /// Encodes an object as compact JSON text.
     static func text(of object: [String: JSONValue]) -> String {
         let encoder = JSONEncoder()
