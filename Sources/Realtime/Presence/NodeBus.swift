@@ -71,7 +71,11 @@ public final class NodeBus: Sendable {
                     logger.warning("ephemeral message too large for NOTIFY; dropped", metadata: ["bytes": "\(payload.utf8.count)"])
                     continue
                 }
-                try await connection.query("SELECT pg_notify(\(Self.channel), \(payload))", logger: logger)
+                // PostgresNIO never answers a query on a connection that closed meanwhile (terminated, or closed by the
+                // listener at shutdown): give up on it then, so that the bus never hangs a shutdown.
+                try await Relay.whileOpen(connection) {
+                    for try await _ in try await connection.query("SELECT pg_notify(\(Self.channel), \(payload))", logger: self.logger) {}
+                }
             } catch {
                 logger.debug("sending an ephemeral message failed", metadata: ["error": "\(String(reflecting: error))"])
             }
