@@ -52,9 +52,13 @@ import Testing
             #expect(try await Self.setting("wal_level", on: connection) == "logical")
             #expect(try await Self.setting("listen_addresses", on: connection) == "127.0.0.1")
             #expect(try await Self.setting("unix_socket_directories", on: connection) == "")
-            #expect(try await Self.setting("max_connections", on: connection) == "300")
-            #expect(try await Self.setting("max_wal_senders", on: connection) == "64")
-            #expect(try await Self.setting("max_replication_slots", on: connection) == "64")
+            // The embedded default's limits; the test cluster raises them (its extra settings come last and win).
+            for line in ["max_connections = 300", "max_wal_senders = 64", "max_replication_slots = 64"] {
+                #expect(EmbeddedPostgres.managedConfiguration.contains(line), "\(line)")
+            }
+            #expect(try await Self.setting("max_connections", on: connection) == "800")
+            #expect(try await Self.setting("max_wal_senders", on: connection) == "128")
+            #expect(try await Self.setting("max_replication_slots", on: connection) == "128")
             #expect(try await Self.setting("TimeZone", on: connection) == "UTC")
             #expect(try await Self.setting("server_encoding", on: connection) == "UTF8")
             #expect(try await Self.setting("password_encryption", on: connection) == "scram-sha-256")

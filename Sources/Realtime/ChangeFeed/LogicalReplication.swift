@@ -114,14 +114,18 @@ public final class LogicalReplicationStream: Sendable {
     /// created: a `CHECKPOINT` there writes such a record at once.
     public func ensureSlot(nudge: (@Sendable () async -> Void)? = nil) async throws -> Bool {
         try validateNames()
-        // Slot creations wait for each other's transactions: several at once in one process (tests, or a process
-        // serving several databases) take turns, which is faster than all of them waiting on all the others.
-        return try await Self.slotCreation.withLock { try await createSlotIfMissing(nudge: nudge) }
+        // The nudges run in a task of their own that is cancelled, not awaited, once the slot exists: a nudge stuck on a
+        // query (its connection killed) must not keep the caller waiting.
+        let nudging = nudge.map { nudge in
+            Task {
+                while (try? await Task.sleep(for: .seconds(1))) != nil { await nudge() }
+            }
+        }
+        defer { nudging?.cancel() }
+        return try await createSlotIfMissing()
     }
 
-    private static let slotCreation = AsyncLock()
-
-    private func createSlotIfMissing(nudge: (@Sendable () async -> Void)?) async throws -> Bool {
+    private func createSlotIfMissing() async throws -> Bool {
         let conninfo = self.conninfo
         let slot = self.slot
         let created = try await withThrowingTaskGroup(of: Bool?.self) { group in
@@ -138,14 +142,6 @@ public final class LogicalReplicationStream: Sendable {
                         return true
                     } catch let error where error.sqlState == "42710" {
                         return false  // duplicate_object: the slot exists.
-                    }
-                }
-            }
-            if let nudge {
-                group.addTask {
-                    while true {
-                        try await Task.sleep(for: .seconds(1))
-                        await nudge()
                     }
                 }
             }

@@ -28,10 +28,11 @@ struct Listener: Sendable {
                 defer { disconnected() }
                 do {
                     try await cancelWhenGracefulShutdown {
-                        try await connection.listen(on: channel) { notifications in
-                            connected(connection)
-                            for try await notification in notifications { receive(notification.payload) }
-                        }
+                        // PostgresNIO never answers a LISTEN written to a connection that closed meanwhile (killed
+                        // right after it opened): give up on it then, and reconnect.
+                        let notifications = try await Relay.whileOpen(connection) { try await connection.listen(channel) }
+                        connected(connection)
+                        for try await notification in notifications { receive(notification.payload) }
                     }
                 } catch {
                     try? await connection.close()

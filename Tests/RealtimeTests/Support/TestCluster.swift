@@ -34,7 +34,12 @@ enum TestCluster {
         // replication slot creation wait for take milliseconds instead of seconds on a busy machine.
         let cluster = EmbeddedPostgres(
             directory: makeScratchDirectory(),
-            extraSettings: ["fsync = off", "synchronous_commit = off", "full_page_writes = off"],
+            extraSettings: [
+                "fsync = off", "synchronous_commit = off", "full_page_writes = off",
+                // The whole suite runs in parallel: some twenty servers with the change feed at once, each with its pool, relay,
+                // walsender and listeners.
+                "max_connections = 800", "max_wal_senders = 128", "max_replication_slots = 128",
+            ],
             logger: logger
         )
         let endpoint = try await cluster.start()
