@@ -7,8 +7,8 @@ import Testing
 @testable import Realtime
 
 @Suite struct LogicalReplicationTests {
-    /// A guard against a hang, not a speed target: slot creations in one process take turns, and with the whole suite
-    /// running in parallel a creation may wait behind those of twenty servers' start-ups.
+    /// A guard against a hang, not a speed target: a slot creation waits for the transactions running on the cluster,
+    /// and with the whole suite in parallel it may wait behind those of twenty servers' start-ups.
     static let slotCreationBound = 90.0
 
     static let logger: Logger = {
