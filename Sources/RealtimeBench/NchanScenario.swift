@@ -28,17 +28,9 @@ struct NchanScenario: AsyncParsableCommand {
         let http = RestClient.makeHTTPClient(group: group, connections: options.maxInFlight)
         let publisher = RestClient(http: http, baseURL: options.url, bearerToken: nil)
         let started = timestampNow()
-        do {
-            let report = try await measure(host: host, port: port, publisher: publisher, group: group, started: started, log: log)
-            print(report.table)
-            if let path = options.jsonOut { try report.write(to: path) }
-        } catch {
-            try? await http.shutdown()
-            try? await group.shutdownGracefully()
-            throw error
+        try await ScenarioReport.publish(to: options.jsonOut, closing: http, group) {
+            try await measure(host: host, port: port, publisher: publisher, group: group, started: started, log: log)
         }
-        try await http.shutdown()
-        try await group.shutdownGracefully()
     }
 
     private func measure(

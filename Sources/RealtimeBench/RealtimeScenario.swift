@@ -44,18 +44,9 @@ struct RealtimeScenario: AsyncParsableCommand {
         let service = RestClient(
             http: http, baseURL: options.url, bearerToken: minter.token(subject: "service", role: .serviceRole, lifetime: lifetime))
         let started = timestampNow()
-        do {
-            let report = try await measure(
-                host: host, port: port, mix: mix, minter: minter, service: service, group: group, started: started, log: log)
-            print(report.table)
-            if let path = options.jsonOut { try report.write(to: path) }
-        } catch {
-            try? await http.shutdown()
-            try? await group.shutdownGracefully()
-            throw error
+        try await ScenarioReport.publish(to: options.jsonOut, closing: http, group) {
+            try await measure(host: host, port: port, mix: mix, minter: minter, service: service, group: group, started: started, log: log)
         }
-        try await http.shutdown()
-        try await group.shutdownGracefully()
     }
 
     private func measure(
