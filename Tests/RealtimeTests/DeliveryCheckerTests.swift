@@ -14,13 +14,7 @@ import Testing
 ///   the server's fan-out;
 /// - **isolated and convergent:** the rows rebuilt from its events are exactly what its user reads of that branch
 ///   under PostgreSQL's row-level security.
-///
-/// Like the fault tests it runs only with `REALTIME_FAULT_TESTS=1`: alone it passes, but in the whole suite on two
-/// cores it has failed under overload and a run hung, which is not yet explained.
-@Suite(
-    .timeLimit(.minutes(4)),
-    .enabled(if: ProcessInfo.processInfo.environment["REALTIME_FAULT_TESTS"] == "1", "set REALTIME_FAULT_TESTS=1 to run the checker")
-)
+@Suite(.timeLimit(.minutes(4)))
 struct DeliveryCheckerTests {
     static let tables = ["plan", "task", "status_history", "client_card", "attachment", "branch_member"]
 

@@ -583,60 +583,12 @@ private struct CollectorError: Error, CustomStringConvertible {
     var description: String
 }
 
-/// A wait that took too long.
-private struct TimeoutError: Error, CustomStringConvertible {
-    var what: String
-    var seconds: Double
-    var description: String { "timed out after \(seconds) s waiting until \(what)" }
-}
-
 /// Polls `condition` every 20 ms until it holds; throws after `seconds`.
 private func waitUntil(_ what: String, seconds: Double = 10, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while try await !condition() {
         guard ContinuousClock.now < deadline else { throw TimeoutError(what: what, seconds: seconds) }
         try await Task.sleep(for: .milliseconds(20))
-    }
-}
-
-/// Runs `operation`, failing after `seconds` even if it never returns (it is then left running).
-@discardableResult
-private func bounded<Value: Sendable>(
-    _ what: String,
-    seconds: Double = 10,
-    _ operation: @escaping @Sendable () async throws -> Value
-) async throws -> Value {
-    let outcome = OnceContinuation<Value>()
-    return try await withCheckedThrowingContinuation { continuation in
-        outcome.set(continuation)
-        Task {
-            do {
-                outcome.resume(with: .success(try await operation()))
-            } catch {
-                outcome.resume(with: .failure(error))
-            }
-        }
-        Task {
-            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-            outcome.resume(with: .failure(TimeoutError(what: what, seconds: seconds)))
-        }
-    }
-}
-
-/// A continuation resumed by whichever of several tasks finishes first.
-private final class OnceContinuation<Value: Sendable>: Sendable {
-    private let continuation = Mutex<CheckedContinuation<Value, any Error>?>(nil)
-
-    func set(_ continuation: CheckedContinuation<Value, any Error>) {
-        self.continuation.withLock { $0 = continuation }
-    }
-
-    func resume(with result: Result<Value, any Error>) {
-        let continuation = self.continuation.withLock { value in
-            defer { value = nil }
-            return value
-        }
-        continuation?.resume(with: result)
     }
 }
 

@@ -94,7 +94,7 @@ public func buildApplication(
             )
             let created = try await stream.ensureSlot(nudge: {
                 // A checkpoint logs the running transactions, which slot creation waits for.
-                _ = try? await database.client.query("CHECKPOINT", logger: logger)
+                _ = try? await database.client.rowsIfOpen("CHECKPOINT", logger: logger)
             })
             if created { logger.info("created the replication slot", metadata: ["slot": "\(stream.slot)"]) }
         }

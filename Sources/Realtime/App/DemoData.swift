@@ -25,25 +25,25 @@ public enum DemoData {
     @discardableResult
     public static func seedIfEmpty(client: PostgresClient, logger: Logger) async throws -> Bool {
         try await client.withConnection { connection in
-            try await connection.query("BEGIN", logger: logger)
+            try await connection.queryIfOpen("BEGIN", logger: logger)
             do {
-                try await connection.query("LOCK TABLE branch IN EXCLUSIVE MODE", logger: logger)
-                let existing = try await connection.query("SELECT count(*) FROM branch", logger: logger).decode(Int.self)
+                try await connection.queryIfOpen("LOCK TABLE branch IN EXCLUSIVE MODE", logger: logger)
+                let existing = try await connection.queryIfOpen("SELECT count(*) FROM branch", logger: logger).decode(Int.self)
                 var count = 0
                 for try await value in existing { count = value }
                 guard count == 0 else {
-                    try await connection.query("ROLLBACK", logger: logger)
+                    try await connection.queryIfOpen("ROLLBACK", logger: logger)
                     return false
                 }
-                try await connection.query("INSERT INTO branch (id, name) VALUES (\(branchID), 'Demo branch')", logger: logger)
+                try await connection.queryIfOpen("INSERT INTO branch (id, name) VALUES (\(branchID), 'Demo branch')", logger: logger)
                 for user in users {
-                    try await connection.query("INSERT INTO app_user (id, display_name) VALUES (\(user.id), \(user.name))", logger: logger)
-                    try await connection.query(
+                    try await connection.queryIfOpen("INSERT INTO app_user (id, display_name) VALUES (\(user.id), \(user.name))", logger: logger)
+                    try await connection.queryIfOpen(
                         "INSERT INTO branch_member (branch_id, user_id, role) VALUES (\(branchID), \(user.id), \(user.role.rawValue))",
                         logger: logger
                     )
                 }
-                try await connection.query(
+                try await connection.queryIfOpen(
                     """
                     INSERT INTO plan (id, branch_id, title, period_start, period_end, updated_by)
                     VALUES (\(planID), \(branchID), 'Demo week', current_date, current_date + 6, \(users[0].id))
@@ -52,7 +52,7 @@ public enum DemoData {
                 )
                 let tasks: [(String, Int, String)] = [("Morning shift", 9, "taken"), ("Client visit", 13, "done"), ("Weekly report", 16, "posted")]
                 for (title, hour, status) in tasks {
-                    try await connection.query(
+                    try await connection.queryIfOpen(
                         """
                         INSERT INTO task (branch_id, plan_id, title, starts_at, ends_at, status, updated_by)
                         VALUES (\(branchID), \(planID), \(title), date_trunc('day', now()) + make_interval(hours => \(hour)::int),
@@ -61,11 +61,11 @@ public enum DemoData {
                         logger: logger
                     )
                 }
-                try await connection.query("COMMIT", logger: logger)
+                try await connection.queryIfOpen("COMMIT", logger: logger)
                 logger.info("seeded the demo branch, users and plan")
                 return true
             } catch {
-                _ = try? await connection.query("ROLLBACK", logger: logger)
+                _ = try? await connection.queryIfOpen("ROLLBACK", logger: logger)
                 throw error
             }
         }

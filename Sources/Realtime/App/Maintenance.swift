@@ -22,7 +22,7 @@ struct Maintenance: Service {
             if Task.isShuttingDownGracefully || Task.isCancelled { return }
             do {
                 let seconds = Int(Idempotency.retention.components.seconds)
-                try await client.query(
+                try await client.rowsIfOpen(
                     "DELETE FROM realtime.idempotency_key WHERE created_at < now() - make_interval(secs => \(seconds))",
                     logger: logger
                 )
@@ -31,7 +31,7 @@ struct Maintenance: Service {
             }
             do {
                 let seconds = Int(eventRetention.components.seconds)
-                try await client.query(
+                try await client.rowsIfOpen(
                     "DELETE FROM realtime.event_log WHERE commit_time < now() - make_interval(secs => \(seconds))",
                     logger: logger
                 )

@@ -72,7 +72,7 @@ public enum EventLog {
         bindings.append(batch.newRows)
         bindings.append(batch.oldRows)
         bindings.append(batch.changedColumns)
-        let result = try await connection.query(PostgresQuery(unsafeSQL: appendSQL, binds: bindings), logger: logger)
+        let result = try await connection.queryIfOpen(PostgresQuery(unsafeSQL: appendSQL, binds: bindings), logger: logger)
         for try await _ in result {}
         return batch.lsns.count
     }
@@ -153,30 +153,26 @@ public enum EventLog {
 
     /// Events after `cursor`, in order, at most `limit`.
     public static func read(after cursor: Int64, limit: Int, client: PostgresClient, logger: Logger) async throws -> [ChangeEvent] {
-        let rows = try await client.query(
+        let rows = try await client.rowsIfOpen(
             PostgresQuery(
                 unsafeSQL: "SELECT \(selectColumns) FROM realtime.event_log WHERE seq > $1 ORDER BY seq LIMIT $2",
                 binds: bindings(cursor, limit)
             ),
             logger: logger
         )
-        var events: [ChangeEvent] = []
-        for try await row in rows { events.append(try event(from: row)) }
-        return events
+        return try rows.map(event(from:))
     }
 
     /// The newest sequence number in the log (0 when empty).
     public static func newestSequence(client: PostgresClient, logger: Logger) async throws -> Int64 {
-        let rows = try await client.query("SELECT coalesce(max(seq), 0) FROM realtime.event_log", logger: logger)
-        for try await value in rows.decode(Int64.self) { return value }
-        return 0
+        let rows = try await client.rowsIfOpen("SELECT coalesce(max(seq), 0) FROM realtime.event_log", logger: logger)
+        return try rows.first?.decode(Int64.self) ?? 0
     }
 
     /// The oldest retained sequence number, or nil when the log is empty.
     public static func oldestSequence(client: PostgresClient, logger: Logger) async throws -> Int64? {
-        let rows = try await client.query("SELECT min(seq) FROM realtime.event_log", logger: logger)
-        for try await value in rows.decode(Int64?.self) { return value }
-        return nil
+        let rows = try await client.rowsIfOpen("SELECT min(seq) FROM realtime.event_log", logger: logger)
+        return try rows.first?.decode(Int64?.self) ?? nil
     }
 
     private static func row(_ columns: [String], _ values: [String?]?) -> [String: String?]? {

@@ -10,14 +10,13 @@ enum FeedBootstrap {
     static func load(into hub: Hub, client: PostgresClient, logger: Logger) async throws -> Int64 {
         let head = try await EventLog.newestSequence(client: client, logger: logger)
         var memberships: [UUID: Memberships] = [:]
-        for try await (user, branch, role) in try await client.query(
-            "SELECT user_id, branch_id, role FROM branch_member",
-            logger: logger
-        ).decode((UUID, UUID, String).self) {
+        for row in try await client.rowsIfOpen("SELECT user_id, branch_id, role FROM branch_member", logger: logger) {
+            let (user, branch, role) = try row.decode((UUID, UUID, String).self)
             if let role = MemberRole(rawValue: role) { memberships[user, default: Memberships()].roles[branch] = role }
         }
         var plans: [UUID: UUID] = [:]
-        for try await (plan, branch) in try await client.query("SELECT id, branch_id FROM plan", logger: logger).decode((UUID, UUID).self) {
+        for row in try await client.rowsIfOpen("SELECT id, branch_id FROM plan", logger: logger) {
+            let (plan, branch) = try row.decode((UUID, UUID).self)
             plans[plan] = branch
         }
         hub.setMemberships(memberships)

@@ -90,7 +90,7 @@ public struct Relay: Service {
         while true {
             try Task.checkCancellation()
             let acquired = try await Self.whileOpen(connection) { [logger] in
-                let locked = try await connection.query("SELECT pg_try_advisory_lock(\(Self.lockKey))", logger: logger)
+                let locked = try await connection.queryIfOpen("SELECT pg_try_advisory_lock(\(Self.lockKey))", logger: logger)
                 var acquired = false
                 for try await value in locked.decode(Bool.self) { acquired = value }
                 return acquired
@@ -112,7 +112,7 @@ public struct Relay: Service {
         )
         let created = try await stream.ensureSlot(nudge: { [logger] in
             // A checkpoint logs the running transactions, which slot creation waits for; without the right, it waits.
-            try? await Self.whileOpen(connection) { _ = try await connection.query("CHECKPOINT", logger: logger) }
+            try? await Self.whileOpen(connection) { _ = try await connection.queryIfOpen("CHECKPOINT", logger: logger) }
         })
         if created { logger.info("created the replication slot", metadata: ["slot": "\(slot)"]) }
         defer { stream.stop() }
@@ -137,7 +137,7 @@ public struct Relay: Service {
             group.addTask {
                 while true {
                     try await Task.sleep(for: retryInterval)
-                    try await Self.whileOpen(connection) { _ = try await connection.query("SELECT 1", logger: logger) }
+                    try await Self.whileOpen(connection) { _ = try await connection.queryIfOpen("SELECT 1", logger: logger) }
                 }
             }
             try await group.next()
@@ -180,15 +180,15 @@ public struct Relay: Service {
     }
 
     private func write(_ batch: [WALTransaction], on connection: PostgresConnection) async throws {
-        try await connection.query("BEGIN", logger: logger)
+        try await connection.queryIfOpen("BEGIN", logger: logger)
         do {
             let appended = try await EventLog.append(batch, on: connection, logger: logger)
             if appended > 0 {
-                try await connection.query("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
+                try await connection.queryIfOpen("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
             }
-            try await connection.query("COMMIT", logger: logger)
+            try await connection.queryIfOpen("COMMIT", logger: logger)
         } catch {
-            _ = try? await connection.query("ROLLBACK", logger: logger)
+            _ = try? await connection.queryIfOpen("ROLLBACK", logger: logger)
             throw error
         }
     }

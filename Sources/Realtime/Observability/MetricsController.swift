@@ -12,10 +12,10 @@ struct MetricsController {
 
     func addRoutes(to router: Router<AppRequestContext>) {
         router.get("metrics") { _, context in
-            let lag = try? await database.client.query(
+            let lag = try? await database.client.rowsIfOpen(
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8 FROM pg_replication_slots WHERE slot_name = \(slot)",
                 logger: context.logger
-            ).decode(Double?.self).reduce(into: Double?.none) { $0 = $1 }
+            ).first?.decode(Double?.self)
             if let lag = lag ?? nil { metrics.relayLagBytes.set(to: lag) }
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"

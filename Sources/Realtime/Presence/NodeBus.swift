@@ -39,8 +39,14 @@ public final class NodeBus: Sendable {
     /// Runs until shutdown: keeps the connection, hands every other node's message to `receive`, and sends the outbox.
     func run(receive: @escaping @Sendable (EphemeralMessage) -> Void) async {
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.keepListening(receive) }
-            group.addTask { await self.send() }
+            group.addTask {
+                await self.keepListening(receive)
+                self.logger.debug("node bus: listener stopped")
+            }
+            group.addTask {
+                await self.send()
+                self.logger.debug("node bus: sender stopped")
+            }
             await group.next()
             group.cancelAll()
         }
@@ -71,11 +77,9 @@ public final class NodeBus: Sendable {
                     logger.warning("ephemeral message too large for NOTIFY; dropped", metadata: ["bytes": "\(payload.utf8.count)"])
                     continue
                 }
-                // PostgresNIO never answers a query on a connection that closed meanwhile (terminated, or closed by the
-                // listener at shutdown): give up on it then, so that the bus never hangs a shutdown.
-                try await Relay.whileOpen(connection) {
-                    for try await _ in try await connection.query("SELECT pg_notify(\(Self.channel), \(payload))", logger: self.logger) {}
-                }
+                // A connection that closed meanwhile (terminated, or closed by the listener at shutdown) fails the NOTIFY
+                // at once, so the bus never hangs a shutdown.
+                try await connection.rowsIfOpen("SELECT pg_notify(\(Self.channel), \(payload))", logger: logger)
             } catch {
                 logger.debug("sending an ephemeral message failed", metadata: ["error": "\(String(reflecting: error))"])
             }

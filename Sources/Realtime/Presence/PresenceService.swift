@@ -64,11 +64,15 @@ public final class PresenceService: Service, Sendable {
 
     public func run() async throws {
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.bus.run(receive: { self.receive($0) }) }
+            group.addTask {
+                await self.bus.run(receive: { self.receive($0) })
+                self.logger.debug("node bus stopped")
+            }
             group.addTask {
                 while (try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.sweepInterval) }) != nil {
                     self.hub.expirePresence(ttl: self.ttl)
                 }
+                self.logger.debug("presence sweeper stopped")
             }
             await group.next()
             group.cancelAll()

@@ -131,6 +131,18 @@ extension APIError {
         message: "The server failed to handle this request; it has been logged."
     )
     static func notReady(_ message: String) -> APIError { .init(.serviceUnavailable, code: "not_ready", message: message) }
+    /// The request's database connection was lost (terminated, or the database restarted); nothing was committed unless
+    /// the loss came after COMMIT, which a retry with the same `Idempotency-Key` resolves.
+    static var databaseUnavailable: APIError {
+        var headers = HTTPFields()
+        headers[.retryAfter] = "1"
+        return .init(
+            .serviceUnavailable,
+            code: "database_unavailable",
+            message: "The database connection was lost; retry the request.",
+            headers: headers
+        )
+    }
 }
 
 /// Small helpers for writing JSON text by hand where the text comes from PostgreSQL.

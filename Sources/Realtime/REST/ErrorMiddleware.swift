@@ -14,8 +14,15 @@ struct ErrorMiddleware: RouterMiddleware {
             return try error.response(from: request, context: context)
         } catch let error as HTTPError {
             return try Self.apiError(for: error).response(from: request, context: context)
+        } catch let error as DatabaseConnectionClosed {
+            context.logger.warning("database connection lost during a request", metadata: ["error": "\(error)"])
+            return try APIError.databaseUnavailable.response(from: request, context: context)
         } catch let error as PSQLError {
             if let mapped = APIError(postgres: error) { return try mapped.response(from: request, context: context) }
+            if error.meansConnectionLost {
+                context.logger.warning("database connection lost during a request", metadata: ["error": "\(String(reflecting: error))"])
+                return try APIError.databaseUnavailable.response(from: request, context: context)
+            }
             context.logger.error("unexpected database error", metadata: ["error": "\(String(reflecting: error))"])
             return try APIError.internalError.response(from: request, context: context)
         } catch {
@@ -64,4 +71,18 @@ extension APIError {
         "plan_period_check": "period_end must not be before period_start.",
         "attachment_one_parent_check": "An attachment has exactly one parent: plan_id, task_id or client_card_id.",
     ]
+}
+
+extension PSQLError {
+    /// Whether the request failed because its database connection was lost (closed, terminated, or the server is
+    /// shutting down), not because of anything in the request: worth a retry.
+    var meansConnectionLost: Bool {
+        switch code {
+        case .serverClosedConnection, .clientClosedConnection, .connectionError, .uncleanShutdown, .poolClosed: return true
+        default: break
+        }
+        guard let state = serverInfo?[.sqlState] else { return false }
+        // 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown, cannot connect now.
+        return state.hasPrefix("08") || ["57P01", "57P02", "57P03"].contains(state)
+    }
 }

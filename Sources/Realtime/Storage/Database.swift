@@ -57,11 +57,11 @@ public struct Database: Sendable {
         _ body: (RequestTransaction) async throws -> Result
     ) async throws -> Result {
         try await client.withConnection { connection in
-            try await connection.query(repeatableRead ? "BEGIN ISOLATION LEVEL REPEATABLE READ" : "BEGIN", logger: logger)
+            try await connection.queryIfOpen(repeatableRead ? "BEGIN ISOLATION LEVEL REPEATABLE READ" : "BEGIN", logger: logger)
             do {
                 let role = principal.isService ? "realtime_service" : "realtime_authenticated"
                 let userID = principal.userID?.uuidString.lowercased() ?? ""
-                try await connection.query(
+                try await connection.queryIfOpen(
                     """
                     SELECT set_config('role', \(role), true), set_config('realtime.user_id', \(userID), true),
                            set_config('realtime.principal', \(principal.key), true)
@@ -69,11 +69,11 @@ public struct Database: Sendable {
                     logger: logger
                 )
                 let result = try await body(RequestTransaction(connection: connection, principal: principal, logger: logger))
-                try await connection.query("COMMIT", logger: logger)
+                try await connection.queryIfOpen("COMMIT", logger: logger)
                 return result
             } catch {
                 do {
-                    try await connection.query("ROLLBACK", logger: logger)
+                    try await connection.queryIfOpen("ROLLBACK", logger: logger)
                 } catch {
                     logger.warning("rollback failed; closing the connection", metadata: ["error": "\(String(reflecting: error))"])
                     connection.close().whenComplete { _ in }
@@ -104,27 +104,21 @@ public struct RequestTransaction: Sendable {
     /// Runs a statement and returns its rows.
     @discardableResult
     public func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        var rows: [PostgresRow] = []
-        for try await row in try await connection.query(query, logger: logger) { rows.append(row) }
-        return rows
+        try await connection.rowsIfOpen(query, logger: logger)
     }
 
     /// Runs a statement that returns one text column and collects its values.
     public func texts(_ query: PostgresQuery) async throws -> [String] {
-        var texts: [String] = []
-        for try await text in try await connection.query(query, logger: logger).decode(String.self) { texts.append(text) }
-        return texts
+        try await connection.rowsIfOpen(query, logger: logger).map { try $0.decode(String.self) }
     }
 
     /// The caller's branch memberships (empty for the service role, which needs none).
     public func memberships() async throws -> Memberships {
         guard case .user(let userID) = principal else { return Memberships() }
         var roles: [UUID: MemberRole] = [:]
-        let rows = try await connection.query(
-            "SELECT branch_id, role FROM branch_member WHERE user_id = \(userID)",
-            logger: logger
-        )
-        for try await (branch, role) in rows.decode((UUID, String).self) {
+        let rows = try await connection.rowsIfOpen("SELECT branch_id, role FROM branch_member WHERE user_id = \(userID)", logger: logger)
+        for row in rows {
+            let (branch, role) = try row.decode((UUID, String).self)
             if let role = MemberRole(rawValue: role) { roles[branch] = role }
         }
         return Memberships(roles)

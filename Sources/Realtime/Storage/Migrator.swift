@@ -98,9 +98,9 @@ public struct Migrator: Sendable {
     @discardableResult
     public func migrate(client: PostgresClient) async throws -> [String] {
         try await client.withConnection { connection in
-            try await connection.query("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger)
+            try await connection.queryIfOpen("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger)
             do {
-                try await connection.query(
+                try await connection.queryIfOpen(
                     """
                     CREATE TABLE IF NOT EXISTS realtime_migration (
                         version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
@@ -109,10 +109,10 @@ public struct Migrator: Sendable {
                     logger: logger
                 )
                 let applied = try await apply(on: connection)
-                try await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
+                try await connection.queryIfOpen("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
                 return applied
             } catch {
-                _ = try? await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
+                _ = try? await connection.queryIfOpen("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
                 throw error
             }
         }
@@ -120,7 +120,7 @@ public struct Migrator: Sendable {
 
     private func apply(on connection: PostgresConnection) async throws -> [String] {
         var applied: [Int: String] = [:]
-        for try await (version, checksum) in try await connection.query(
+        for try await (version, checksum) in try await connection.queryIfOpen(
             "SELECT version, checksum FROM realtime_migration",
             logger: logger
         ).decode((Int, String).self) {
@@ -134,18 +134,18 @@ public struct Migrator: Sendable {
         var appliedNow: [String] = []
         for file in files where applied[file.version] == nil {
             logger.info("applying migration", metadata: ["migration": "\(file.name)"])
-            try await connection.query("BEGIN", logger: logger)
+            try await connection.queryIfOpen("BEGIN", logger: logger)
             do {
                 for statement in SQLScript.statements(in: file.sql) {
-                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                    try await connection.queryIfOpen(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }
-                try await connection.query(
+                try await connection.queryIfOpen(
                     "INSERT INTO realtime_migration (version, name, checksum) VALUES (\(file.version), \(file.name), \(file.checksum))",
                     logger: logger
                 )
-                try await connection.query("COMMIT", logger: logger)
+                try await connection.queryIfOpen("COMMIT", logger: logger)
             } catch {
-                _ = try? await connection.query("ROLLBACK", logger: logger)
+                _ = try? await connection.queryIfOpen("ROLLBACK", logger: logger)
                 let reason = (error as? PSQLError)?.serverInfo?[.message] ?? String(describing: error)
                 throw MigrationError.failed(name: file.name, reason: reason)
             }
@@ -156,14 +156,11 @@ public struct Migrator: Sendable {
 
     /// The applied versions and their checksums; empty when nothing was ever applied.
     static func appliedVersions(client: PostgresClient, logger: Logger) async throws -> [Int: String] {
-        let exists = try await client.query("SELECT to_regclass('realtime_migration') IS NOT NULL", logger: logger)
-            .decode(Bool.self).reduce(into: false) { $0 = $1 }
-        guard exists else { return [:] }
+        let exists = try await client.rowsIfOpen("SELECT to_regclass('realtime_migration') IS NOT NULL", logger: logger)
+        guard try exists.first?.decode(Bool.self) == true else { return [:] }
         var applied: [Int: String] = [:]
-        for try await (version, checksum) in try await client.query(
-            "SELECT version, checksum FROM realtime_migration",
-            logger: logger
-        ).decode((Int, String).self) {
+        for row in try await client.rowsIfOpen("SELECT version, checksum FROM realtime_migration", logger: logger) {
+            let (version, checksum) = try row.decode((Int, String).self)
             applied[version] = checksum
         }
         return applied

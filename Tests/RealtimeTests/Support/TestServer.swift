@@ -33,10 +33,13 @@ struct TestServer {
         configuration.migrationsDirectory = repositoryRoot + "/Migrations"
         configuration.port = 0
         configure(&configuration)
+        let endpoint = try await TestCluster.freshDatabase()
         var logger = Logger(label: "test")
-        logger.logLevel = .warning
+        // REALTIME_TEST_LOG_LEVEL=debug shows, among others, every service starting and finishing (ServiceGroup).
+        logger.logLevel = ProcessInfo.processInfo.environment["REALTIME_TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
+        logger[metadataKey: "test.database"] = "\(endpoint.database)"
         return TestServer(
-            endpoint: try await TestCluster.freshDatabase(),
+            endpoint: endpoint,
             tokens: try await TokenAuthority(secret: secret),
             configuration: configuration,
             logger: logger
