@@ -2,6 +2,7 @@ import ArgumentParser
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import Synchronization
 
@@ -131,6 +132,7 @@ struct RealtimeScenario: AsyncParsableCommand {
                 ? "the feed did not catch up within \(options.drainSeconds) s"
                 : String(format: "the feed caught up %.1f s after the last write", catchUpSeconds))
         await fleet.waitForQuiet(limit: .seconds(30))
+        let serverLevel = await Self.serverServiceLevel(service)
         let windowSeconds = (ContinuousClock.now - window.started).seconds
         let serverCPU = window.server.cpuSeconds()
         let databaseCPU = window.database.cpuSeconds()
@@ -167,6 +169,7 @@ struct RealtimeScenario: AsyncParsableCommand {
             notes.append(String(format: "the feed carried the last write %.1f s after writing ended", catchUpSeconds))
         }
         if fleet.failedToConnect > 0 { notes.append("connect failures: \(fleet.failureReasons)") }
+        if let serverLevel { notes.append(serverLevel) }
         return ScenarioReport(
             mode: "realtime",
             name: options.name,
@@ -219,5 +222,17 @@ struct RealtimeScenario: AsyncParsableCommand {
             startedAt: started,
             notes: notes
         )
+    }
+
+    /// The server's own measurement (`GET /realtime/v1/slo`: commit → frame written, over its 10-minute window), as a note.
+    static func serverServiceLevel(_ rest: RestClient) async -> String? {
+        guard let answer = try? await rest.expectSuccess(.GET, "/realtime/v1/slo"),
+            let object = try? JSONSerialization.jsonObject(with: Data(answer.text.utf8)) as? [String: Any],
+            let delay = object["delay_ms"] as? [String: Any], let disconnects = object["disconnects"] as? [String: Any]
+        else { return nil }
+        func number(_ value: Any?) -> String { (value as? Double).map { String(format: "%.0f", $0) } ?? "–" }
+        return "the server's own SLO (commit → frame written, last 10 min): p50 \(number(delay["p50"])), p95 \(number(delay["p95"])), "
+            + "p99 \(number(delay["p99"])) ms over \(delay["samples"] as? Int ?? 0) frames, \(delay["status"] as? String ?? "?"); "
+            + "disconnects \(disconnects["abnormal"] as? Int ?? 0) abnormal of \(disconnects["streams"] as? Int ?? 0) streams"
     }
 }

@@ -136,6 +136,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most seconds a graceful shutdown (SIGTERM) may take (env REALTIME_SHUTDOWN_SECONDS, default 10).")
     var shutdownSeconds: Int?
 
+    @Option(help: "Delay objective, p95 in ms from commit to frame written (env REALTIME_SLO_DELAY_P95_MS, default 1000).")
+    var sloDelayP95Ms: Int?
+
+    @Option(help: "Disconnect objective, percent of streams ended abnormally (env REALTIME_SLO_DISCONNECT_PERCENT, default 1).")
+    var sloDisconnectPercent: Double?
+
     @Flag(help: "Keep this node out of the relay election (env REALTIME_RELAY=0).")
     var noRelay = false
 
@@ -171,6 +177,12 @@ struct Serve: AsyncParsableCommand {
             if let tlsCert { configuration.tlsCertificatePath = tlsCert }
             if let tlsKey { configuration.tlsKeyPath = tlsKey }
             if let shutdownSeconds { configuration.shutdownSeconds = try Configuration.int("\(shutdownSeconds)", "--shutdown-seconds", 1...600) }
+            if let sloDelayP95Ms {
+                configuration.sloDelayP95Milliseconds = try Configuration.int("\(sloDelayP95Ms)", "--slo-delay-p95-ms", 1...600_000)
+            }
+            if let sloDisconnectPercent {
+                configuration.sloDisconnectPercent = try Configuration.percent("\(sloDisconnectPercent)", "--slo-disconnect-percent")
+            }
             if noRelay { configuration.runsRelay = false }
             if noChangeFeed { configuration.changeFeedEnabled = false }
             try await serve(configuration)

@@ -100,7 +100,7 @@ extension UUID {
 extension Delivery {
     /// The frame's text and sequence, or nil for other deliveries.
     fileprivate var frame: (text: String, sequence: Int64)? {
-        guard case .frame(let bytes, let sequence) = self else { return nil }
+        guard case .frame(let bytes, let sequence, _) = self else { return nil }
         return (String(buffer: bytes), sequence)
     }
 

@@ -29,7 +29,7 @@ public func buildApplication(
 
     let gate = StartupGate()
     let hub = Hub(bufferLimit: configuration.subscriberBufferLimit, logger: logger)
-    let metrics = FeedMetrics()
+    let metrics = FeedMetrics(objectives: configuration.sloObjectives)
     var streams = StreamController(hub: hub, database: database, tokens: tokens, metrics: metrics, enabled: configuration.changeFeedEnabled)
     streams.shutdownRetrySpread = configuration.shutdownRetrySpread
     streams.addRoutes(to: router)
@@ -43,6 +43,7 @@ public func buildApplication(
         broadcastLimiter: RateLimiter(rate: configuration.presenceRate, burst: Double(configuration.presenceBurst))
     ).addRoutes(to: router)
     WebController(files: .bundled(), demo: demo).addRoutes(to: router)
+    SLOController(slo: metrics.slo, tokens: tokens, nodeID: configuration.nodeID).addRoutes(to: router)
     MetricsController(metrics: metrics, hub: hub, database: database, slot: Relay.slotName(for: endpoint.database)).addRoutes(to: router)
 
     let rest = router.group("rest/v1").add(middleware: AuthMiddleware(tokens: tokens))

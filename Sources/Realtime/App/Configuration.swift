@@ -55,8 +55,19 @@ public struct Configuration: Sendable {
     /// `--shutdown-seconds`, `REALTIME_SHUTDOWN_SECONDS`: the most a graceful shutdown (SIGTERM) may take before
     /// whatever is left is cancelled.
     public var shutdownSeconds = 10
+    /// `--slo-delay-p95-ms`, `REALTIME_SLO_DELAY_P95_MS`: the delay objective (p95, commit to frame written, over 10
+    /// minutes) at or above which `GET /realtime/v1/slo` says `breached`.
+    public var sloDelayP95Milliseconds = 1000
+    /// `--slo-disconnect-percent`, `REALTIME_SLO_DISCONNECT_PERCENT`: the share of streams ended abnormally (over 10
+    /// minutes) at or above which the disconnect objective is breached.
+    public var sloDisconnectPercent = 1.0
 
     public init() {}
+
+    /// The service-level objectives of this configuration.
+    public var sloObjectives: SLOMonitor.Objectives {
+        .init(delayP95Milliseconds: Double(sloDelayP95Milliseconds), disconnectRate: sloDisconnectPercent / 100)
+    }
 
     /// How long streams ended by a shutdown are told to wait before reconnecting, at most: each gets a random wait up
     /// to this, so that clients come back spread out rather than all at once.
@@ -114,7 +125,21 @@ public struct Configuration: Sendable {
         if let value = environment["REALTIME_SHUTDOWN_SECONDS"] {
             configuration.shutdownSeconds = try int(value, "REALTIME_SHUTDOWN_SECONDS", 1...600)
         }
+        if let value = environment["REALTIME_SLO_DELAY_P95_MS"] {
+            configuration.sloDelayP95Milliseconds = try int(value, "REALTIME_SLO_DELAY_P95_MS", 1...600_000)
+        }
+        if let value = environment["REALTIME_SLO_DISCONNECT_PERCENT"] {
+            configuration.sloDisconnectPercent = try percent(value, "REALTIME_SLO_DISCONNECT_PERCENT")
+        }
         return configuration
+    }
+
+    /// A percentage from 0.001 to 100.
+    public static func percent(_ text: String, _ name: String) throws(ConfigurationError) -> Double {
+        guard let value = Double(text), value >= 0.001, value <= 100 else {
+            throw ConfigurationError("\(name) must be a number from 0.001 to 100; got '\(text)'.")
+        }
+        return value
     }
 
     public static func int(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {

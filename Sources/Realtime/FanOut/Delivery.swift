@@ -14,8 +14,9 @@ public enum EndReason: Sendable, Equatable, CaseIterable {
 
 /// What a subscriber reads from its stream.
 public enum Delivery: Sendable, Equatable {
-    /// An encoded SSE frame (see ``SSEFrame/change(_:channels:)``) of the event with this sequence; write it as is.
-    case frame(ByteBuffer, sequence: Int64)
+    /// An encoded SSE frame (see ``SSEFrame/change(_:channels:)``) of the event with this sequence, committed at
+    /// `committedAt` (seconds since 1970, for the delay objective); write it as is.
+    case frame(ByteBuffer, sequence: Int64, committedAt: Double)
     /// An encoded SSE frame of something ephemeral (presence, broadcast): it has no sequence and is never replayed.
     case ephemeral(ByteBuffer)
     /// Nothing happened for a while: write ``SSEFrame/keepalive`` (see ``Hub/sendKeepalives()``).

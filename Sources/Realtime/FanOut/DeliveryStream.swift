@@ -62,7 +62,7 @@ final class Mailbox: Sendable {
         mutating func popNext() -> Delivery? {
             while let delivery = buffer.popFirst() {
                 switch delivery {
-                case .frame(_, let sequence):
+                case .frame(_, let sequence, _):
                     if sequence <= readThrough { continue }
                     readThrough = sequence
                 case .end:
@@ -91,7 +91,7 @@ final class Mailbox: Sendable {
     }
 
     /// Buffers a frame, or hands it straight to a waiting reader.
-    func offer(_ frame: ByteBuffer, sequence: Int64) -> OfferResult {
+    func offer(_ frame: ByteBuffer, sequence: Int64, committedAt: Double) -> OfferResult {
         let (result, waiter): (OfferResult, CheckedContinuation<Delivery?, Never>?) = state.withLock { state in
             if state.isClosed { return (.closed, nil) }
             if sequence <= state.readThrough { return (.accepted, nil) }
@@ -101,10 +101,10 @@ final class Mailbox: Sendable {
                 return (.accepted, waiter)
             }
             if state.buffer.count >= limit { return (.full, nil) }
-            state.buffer.append(.frame(frame, sequence: sequence))
+            state.buffer.append(.frame(frame, sequence: sequence, committedAt: committedAt))
             return (.accepted, nil)
         }
-        waiter?.resume(returning: .frame(frame, sequence: sequence))
+        waiter?.resume(returning: .frame(frame, sequence: sequence, committedAt: committedAt))
         return result
     }
 

@@ -167,7 +167,7 @@ public final class Hub: Sendable {
                 guard mask != 0 else { continue }
                 let memberships = state.memberships(of: subscriber.principal)
                 if let bytes = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) {
-                    frames.append(.frame(bytes, sequence: event.sequence))
+                    frames.append(.frame(bytes, sequence: event.sequence, committedAt: event.commitTime.timeIntervalSince1970))
                     readThrough = event.sequence
                 }
             }
@@ -297,6 +297,7 @@ struct HubState {
             }
         }
         guard !reached.isEmpty else { return }
+        let committedAt = event.commitTime.timeIntervalSince1970
         var ended: [(Subscriber, EndReason?)] = []
         for subscriber in reached {
             let mask = subscriber.deliveryMask
@@ -309,7 +310,7 @@ struct HubState {
             }
             let memberships = memberships(of: subscriber.principal)
             guard let bytes = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) else { continue }
-            switch subscriber.mailbox.offer(bytes, sequence: event.sequence) {
+            switch subscriber.mailbox.offer(bytes, sequence: event.sequence, committedAt: committedAt) {
             case .accepted: subscriber.lastSequence = event.sequence
             case .full: ended.append((subscriber, .slowConsumer))
             case .closed: ended.append((subscriber, nil))

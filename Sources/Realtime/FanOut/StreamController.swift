@@ -106,18 +106,19 @@ struct StreamController {
                     try await withGracefulShutdownHandler {
                         for await delivery in subscription.deliveries {
                             switch delivery {
-                            case .frame(let bytes, _), .ephemeral(let bytes):
-                                var batch = [bytes]
+                            case .frame, .ephemeral:
+                                var batch = LiveBatch()
+                                batch.append(delivery)
                                 for more in subscription.deliveries.availableDeliveries(limit: 64) {
                                     if case .end(let reason) = more {
-                                        try await writer.write(contentsOf: batch)
-                                        metrics.framesWritten(batch.count)
+                                        try await writer.write(contentsOf: batch.frames)
+                                        metrics.framesWritten(batch.frames.count, commitTimes: batch.commitTimes)
                                         return reason
                                     }
-                                    if let frame = more.frameBytes { batch.append(frame) }
+                                    batch.append(more)
                                 }
-                                try await writer.write(contentsOf: batch)
-                                metrics.framesWritten(batch.count)
+                                try await writer.write(contentsOf: batch.frames)
+                                metrics.framesWritten(batch.frames.count, commitTimes: batch.commitTimes)
                             case .keepalive:
                                 try await writer.write(SSEFrame.keepalive)
                             case .end(let reason):
@@ -226,11 +227,27 @@ struct StreamController {
     }
 }
 
+/// Frames a live stream writes at once, with the commit times of its change frames (for the delay objective).
+struct LiveBatch {
+    var frames: [ByteBuffer] = []
+    var commitTimes: [Double] = []
+
+    mutating func append(_ delivery: Delivery) {
+        switch delivery {
+        case .frame(let bytes, _, let committedAt):
+            frames.append(bytes)
+            commitTimes.append(committedAt)
+        case .ephemeral(let bytes): frames.append(bytes)
+        case .keepalive, .end: break
+        }
+    }
+}
+
 extension Delivery {
     /// The bytes of a frame delivery, change or ephemeral.
     var frameBytes: ByteBuffer? {
         switch self {
-        case .frame(let bytes, _), .ephemeral(let bytes): bytes
+        case .frame(let bytes, _, _), .ephemeral(let bytes): bytes
         case .keepalive, .end: nil
         }
     }

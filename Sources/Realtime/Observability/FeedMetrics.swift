@@ -13,13 +13,23 @@ public final class FeedMetrics: Sendable {
     let relayLagBytes: Gauge
     private let delays: [String: ValueHistogram]
     private let disconnects: [String: Counter]
+    /// The service level over the last 10 minutes (`GET /realtime/v1/slo`), also exported as gauges at each scrape.
+    public let slo: SLOMonitor
+    private let sloDelay: [Double: Gauge]
+    private let sloClientDelay: [Double: Gauge]
+    private let sloDisconnectRate: Gauge
+    private let sloBreached: [String: Gauge]
+    static let sloQuantiles: [Double] = [0.5, 0.95, 0.99]
+    /// The ends of a stream that count against the disconnect objective.
+    static let abnormalDisconnects: Set<String> = ["slow_consumer", "shutdown"]
 
     /// Milliseconds from commit to fan-out; the upper bounds of the histogram's buckets.
     static let delayBuckets: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
     /// Why streams end: the hub's reasons, and the client going away.
     static let disconnectReasons = ["revoked", "token_expired", "slow_consumer", "shutdown", "client_closed"]
 
-    public init() {
+    public init(objectives: SLOMonitor.Objectives = .init()) {
+        slo = SLOMonitor(objectives: objectives)
         eventsIn = registry.makeCounter(name: "realtime_events_in_total", help: "Events read from the event log by this node.")
         framesOut = registry.makeCounter(name: "realtime_frames_out_total", help: "Change frames written to streams.")
         openStreams = registry.makeGauge(name: "realtime_open_streams", help: "Server-Sent Events streams open on this node.")
@@ -46,6 +56,35 @@ public final class FeedMetrics: Sendable {
             )
         }
         self.disconnects = disconnects
+        var sloDelay: [Double: Gauge] = [:]
+        var sloClientDelay: [Double: Gauge] = [:]
+        for quantile in Self.sloQuantiles {
+            sloDelay[quantile] = registry.makeGauge(
+                name: "realtime_slo_delay_ms",
+                labels: [("quantile", "\(quantile)")],
+                help: "Commit-to-frame-written delay over the last 10 minutes (NaN without samples)."
+            )
+            sloClientDelay[quantile] = registry.makeGauge(
+                name: "realtime_slo_client_delay_ms",
+                labels: [("quantile", "\(quantile)")],
+                help: "Receive delay reported by clients over the last 10 minutes (NaN without samples)."
+            )
+        }
+        self.sloDelay = sloDelay
+        self.sloClientDelay = sloClientDelay
+        sloDisconnectRate = registry.makeGauge(
+            name: "realtime_slo_disconnect_ratio",
+            help: "Abnormal stream ends over streams open in the last 10 minutes (NaN without streams)."
+        )
+        var sloBreached: [String: Gauge] = [:]
+        for objective in ["delay_p95", "client_delay_p95", "disconnect_rate"] {
+            sloBreached[objective] = registry.makeGauge(
+                name: "realtime_slo_breached",
+                labels: [("objective", objective)],
+                help: "1 when the objective is breached over the last 10 minutes, else 0."
+            )
+        }
+        self.sloBreached = sloBreached
     }
 
     /// Records events as they reach the fan-out.
@@ -56,18 +95,37 @@ public final class FeedMetrics: Sendable {
         }
     }
 
-    func streamOpened() { openStreams.increment() }
+    func streamOpened() {
+        openStreams.increment()
+        slo.streamOpened()
+    }
 
     /// A stream ended: `reason` is an `EndReason` label or `client_closed`.
     func streamClosed(_ reason: String) {
         openStreams.decrement()
         disconnects[reason]?.increment()
+        slo.streamEnded(abnormally: Self.abnormalDisconnects.contains(reason))
     }
 
-    func framesWritten(_ count: Int) { framesOut.increment(by: Int64(count)) }
+    /// Frames were written to a stream; `commitTimes` are those of its live change frames, for the delay objective.
+    func framesWritten(_ count: Int, commitTimes: [Double] = []) {
+        framesOut.increment(by: Int64(count))
+        slo.recordWritten(commitTimes: commitTimes)
+    }
 
-    /// The text exposition of every metric.
-    public func exposition() -> [UInt8] { registry.emitToBuffer() }
+    /// The text exposition of every metric, with the service-level gauges brought up to date first.
+    public func exposition() -> [UInt8] {
+        let report = slo.report()
+        for quantile in Self.sloQuantiles {
+            sloDelay[quantile]?.set(to: report.delay.value(at: quantile) ?? .nan)
+            sloClientDelay[quantile]?.set(to: report.clientDelay.value(at: quantile) ?? .nan)
+        }
+        sloDisconnectRate.set(to: report.disconnects.rate ?? .nan)
+        sloBreached["delay_p95"]?.set(to: report.delay.status == .breached ? 1 : 0)
+        sloBreached["client_delay_p95"]?.set(to: report.clientDelay.status == .breached ? 1 : 0)
+        sloBreached["disconnect_rate"]?.set(to: report.disconnects.status == .breached ? 1 : 0)
+        return registry.emitToBuffer()
+    }
 }
 
 extension EndReason {
