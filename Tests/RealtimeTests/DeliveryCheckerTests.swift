@@ -14,8 +14,26 @@ import Testing
 ///   the server's fan-out;
 /// - **isolated and convergent:** the rows rebuilt from its events are exactly what its user reads of that branch
 ///   under PostgreSQL's row-level security.
+///
+/// It runs plain, and with a fault injected while it runs: every database connection of the server killed twice
+/// (writers then retry a `503 database_unavailable` with the same `Idempotency-Key`, as clients do), or a transaction
+/// held open across most of the writes.
 @Suite(.timeLimit(.minutes(4)))
 struct DeliveryCheckerTests {
+    enum Fault: String, Sendable {
+        case none
+        /// Every connection of the server (relay, walsender, listeners, pool) terminated at two points of the run.
+        case everyConnectionKilled
+        /// A transaction that inserts a card early and commits late, while the other writes go on.
+        case longTransaction
+    }
+
+    struct Case: Sendable, CustomStringConvertible {
+        var seed: UInt64
+        var fault: Fault
+        var description: String { "seed \(seed), fault \(fault.rawValue)" }
+    }
+
     static let tables = ["plan", "task", "status_history", "client_card", "attachment", "branch_member"]
 
     /// A user's stream of one branch.
@@ -25,8 +43,12 @@ struct DeliveryCheckerTests {
         var stream: SSEClient
     }
 
-    @Test(arguments: [7, 8])
-    func everySubscriberGetsExactlyWhatItMaySeeInCommitOrderAndConverges(seed: UInt64) async throws {
+    @Test(arguments: [
+        Case(seed: 7, fault: .none), Case(seed: 8, fault: .none), Case(seed: 9, fault: .everyConnectionKilled),
+        Case(seed: 10, fault: .longTransaction),
+    ])
+    func everySubscriberGetsExactlyWhatItMaySeeInCommitOrderAndConverges(_ check: Case) async throws {
+        let seed = check.seed
         let server = try await TestServer.make(changeFeed: true)
         var random = SeededRandom(seed: seed)
         let branches = (0..<3).map { _ in UUID() }
@@ -79,7 +101,33 @@ struct DeliveryCheckerTests {
                 var tasks: [(id: UUID, branch: UUID)] = []
                 var cards: [(id: UUID, branch: UUID)] = []
                 var attachments: [UUID] = []
+                let (commitLong, longCommitter) = AsyncStream.makeStream(of: Void.self)
+                var longTransaction: Task<UUID, any Error>?
                 for (step, roll) in operations.enumerated() {
+                    switch (check.fault, step) {
+                    case (.everyConnectionKilled, 30), (.everyConnectionKilled, 80):
+                        let victims = try await ChangeFeedFaultTests.serverConnections(server)
+                        let killed = try await ChangeFeedFaultTests.terminate(victims, server)
+                        #expect(!killed.isEmpty, "step \(step): no connection of the server was killed")
+                    case (.longTransaction, 10):
+                        let branch = branches[0]
+                        longTransaction = Task {
+                            try await server.withOwnerConnection { long in
+                                let id = UUID()
+                                try await long.query("BEGIN", logger: server.logger)
+                                try await long.query(
+                                    "INSERT INTO client_card (id, branch_id, name) VALUES (\(id), \(branch), 'long')", logger: server.logger)
+                                for await _ in commitLong { break }
+                                try await long.query("COMMIT", logger: server.logger)
+                                return id
+                            }
+                        }
+                    case (.longTransaction, 100):
+                        longCommitter.yield()
+                        let id = try await #require(longTransaction).value
+                        cards.append((id, branches[0]))
+                    default: break
+                    }
                     let branch = branches[Int(roll % 3)]
                     let plan = plansOf[branch]![Int((roll >> 8) % 2)]
                     let viaSQL = (roll >> 16) % 2 == 0
@@ -93,7 +141,8 @@ struct DeliveryCheckerTests {
                                 VALUES (\(id), \(branch), \(plan), \("t\(step)"), now(), now() + interval '1 hour')
                                 """, logger: server.logger)
                         } else {
-                            let reply = try await client.send(
+                            let reply = try await Self.write(
+                                client,
                                 .post, "/rest/v1/tasks", as: service,
                                 json:
                                     #"{"id":"\#(id)","plan_id":"\#(plan)","title":"t\#(step)","starts_at":"2026-11-30T09:00:00Z","ends_at":"2026-11-30T10:00:00Z"}"#
@@ -108,7 +157,7 @@ struct DeliveryCheckerTests {
                             try await connection.query(
                                 "UPDATE task SET status = \(status), title = \("s\(step)") WHERE id = \(id)", logger: server.logger)
                         } else {
-                            _ = try await client.send(.patch, "/rest/v1/tasks/\(id)", as: service, json: #"{"status":"\#(status)"}"#)
+                            _ = try await Self.write(client, .patch, "/rest/v1/tasks/\(id)", as: service, json: #"{"status":"\#(status)"}"#)
                         }
                     case 3:
                         guard !tasks.isEmpty else { continue }
@@ -144,7 +193,7 @@ struct DeliveryCheckerTests {
                     }
                     // Memberships change mid-stream: one removed at a third, one granted at two thirds.
                     if step == operations.count / 3, let (branch, user, _) = memberships.first {
-                        let reply = try await client.send(.delete, "/rest/v1/branches/\(branch)/members/\(user)", as: service)
+                        let reply = try await Self.write(client, .delete, "/rest/v1/branches/\(branch)/members/\(user)", as: service)
                         try #require(reply.status.code < 300, "\(reply.text)")
                         removed.append((branch, user))
                     }
@@ -153,9 +202,14 @@ struct DeliveryCheckerTests {
                             !memberships.contains { $0.0 == pair.0 && $0.1 == pair.1 }
                         })
                     {
-                        _ = try await client.send(.put, "/rest/v1/branches/\(branch)/members/\(user)", as: service, json: #"{"role":"viewer"}"#)
+                        _ = try await Self.write(
+                            client, .put, "/rest/v1/branches/\(branch)/members/\(user)", as: service, json: #"{"role":"viewer"}"#)
                     }
                 }
+                // Statements are sent one after another, but `query` returns before PostgreSQL has committed the last
+                // one: one more statement on the same connection waits for it, so that the log's end read next is the
+                // end of the writes.
+                _ = try await connection.query("SELECT 1", logger: server.logger).collect()
                 return removed
             }
 
@@ -204,6 +258,26 @@ struct DeliveryCheckerTests {
                 for watch in watches { watch.stream.close() }
             }
         }
+    }
+
+    /// A write through REST as the service role that, like a client, retries a `503 database_unavailable` (its
+    /// database connection was killed) with the same `Idempotency-Key`.
+    static func write(
+        _ client: TestServer.Client,
+        _ method: HTTPRequest.Method,
+        _ path: String,
+        as principal: Principal,
+        json: String? = nil
+    ) async throws -> TestServer.Client.Reply {
+        var headers = HTTPFields()
+        headers[HTTPField.Name("Idempotency-Key")!] = UUID().uuidString
+        for attempt in 1...20 {
+            let reply = try await client.send(method, path, as: principal, json: json, headers: method == .post ? headers : [:])
+            guard reply.status == .serviceUnavailable else { return reply }
+            #expect(reply.errorCode == "database_unavailable", "\(reply.text)")
+            try await Task.sleep(for: .milliseconds(100 * attempt))
+        }
+        throw FaultTimeout(what: "\(method) \(path) to succeed after the database came back", timeout: .seconds(21))
     }
 
     /// The sequences a stream must carry: every event of its branch (where the row is, or was for a DELETE or a move

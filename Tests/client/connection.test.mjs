@@ -313,3 +313,49 @@ test("channels the server refuses (400) are reported once, without a reconnect l
   assert.equal(client.status, "stale");
   client.close();
 });
+
+test("reports the delays of live changes to the server's service-level window, not those of the catch-up", async () => {
+  const clock = new FakeClock();
+  const server = fakeServer();
+  const client = makeClient(server, clock, { reportDelayEveryMs: 30_000 });
+  client.channel(`plan:${PLAN}`).subscribe();
+  await settle();
+  assert.equal(client.status, "live");
+  const opened = clock.now();
+  await clock.advance(100);
+  // Live: committed 40 ms after the stream opened, received 60 ms later.
+  server.lastStream.change(1, task(taskId(1)), { commit: new Date(opened + 40).toISOString() });
+  // Catch-up of the (re)connect: committed a minute before the stream opened.
+  server.lastStream.change(2, task(taskId(2)), { commit: new Date(opened - 60_000).toISOString() });
+  await settle();
+  const reports = () => server.restRequests("POST").filter((r) => r.path === "/realtime/v1/slo/client-delay");
+  assert.equal(reports().length, 0, "nothing is sent before the period is over");
+  await clock.advance(30_000);
+  assert.equal(reports().length, 1);
+  assert.deepEqual(reports()[0].body, { samples_ms: [60] });
+  await clock.advance(120_000);
+  assert.equal(reports().length, 1, "no new changes, no new report");
+
+  // A busy period: at most 100 samples per report.
+  for (let n = 0; n < 150; n++) {
+    server.lastStream.change(10 + n, task(taskId(10 + n)), { commit: new Date(clock.now() - 5).toISOString() });
+  }
+  await settle();
+  await clock.advance(30_000);
+  assert.equal(reports().length, 2);
+  assert.equal(reports()[1].body.samples_ms.length, 100);
+  assert.ok(reports()[1].body.samples_ms.every((value) => value === 5));
+  client.close();
+});
+
+test("delay reports can be turned off", async () => {
+  const clock = new FakeClock();
+  const server = fakeServer();
+  const client = makeClient(server, clock, { reportDelayEveryMs: 0 });
+  client.channel(`plan:${PLAN}`).subscribe();
+  await settle();
+  server.lastStream.change(1, task(taskId(1)), { commit: new Date(clock.now()).toISOString() });
+  await clock.advance(120_000);
+  assert.equal(server.restRequests("POST").filter((r) => r.path === "/realtime/v1/slo/client-delay").length, 0);
+  client.close();
+});

@@ -118,7 +118,11 @@ export class FakeStream {
   }
 
   /** A postgres_changes frame for `record` (UPDATE unless told otherwise). */
-  change(id, record, { event = "UPDATE", table = "task", old = {}, channels = [`plan:${PLAN}`] } = {}) {
+  change(
+    id,
+    record,
+    { event = "UPDATE", table = "task", old = {}, channels = [`plan:${PLAN}`], commit = "2026-11-28T09:00:00.000001Z" } = {},
+  ) {
     this.frame(
       "postgres_changes",
       {
@@ -126,7 +130,7 @@ export class FakeStream {
         schema: "public",
         table,
         event,
-        commit_timestamp: "2026-11-28T09:00:00.000001Z",
+        commit_timestamp: commit,
         channels,
         record: event === "DELETE" ? {} : record,
         old_record: event === "DELETE" ? record : old,
@@ -248,6 +252,7 @@ export function makeClient(server, clock, options = {}) {
     random: () => 0.5,
     uuid: sequentialIds(),
     network,
+    reportDelayEveryMs: 0,
     pageLifecycle: {
       onHide(callback) {
         hide.add(callback);

@@ -72,6 +72,8 @@ public struct Database: Sendable {
                 try await connection.queryIfOpen("COMMIT", logger: logger)
                 return result
             } catch {
+                // A connection that closed has nothing left to roll back.
+                if connection.isClosed { throw error }
                 do {
                     try await connection.queryIfOpen("ROLLBACK", logger: logger)
                 } catch {

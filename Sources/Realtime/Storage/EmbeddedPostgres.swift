@@ -115,6 +115,18 @@ public struct EmbeddedPostgres: Sendable {
         logger.info("stopped PostgreSQL", metadata: ["postgres.directory": "\(clusterDirectory)"])
     }
 
+    /// Restarts the running cluster on the same port (`pg_ctl restart -m fast`): every session is ended, as in an
+    /// operator's restart.
+    func restart() async throws {
+        let installation = try self.installation ?? PostgresInstallation.locate()
+        let runner = ProgramRunner(account: try ServerAccount.existing(clusterDirectory: clusterDirectory))
+        let result = try await runner.run(installation.pgCtl, ["restart", "-D", clusterDirectory, "-m", "fast", "-w", "-t", "60", "-l", logFile])
+        guard result.status == 0 else {
+            throw EmbeddedPostgresError.commandFailed(command: "pg_ctl restart", status: result.status, output: result.errorText)
+        }
+        logger.info("restarted PostgreSQL", metadata: ["postgres.directory": "\(clusterDirectory)"])
+    }
+
     /// Stops the cluster at once (`pg_ctl stop -m immediate`), blocking the calling thread; for exit handlers. Errors are ignored.
     func stopImmediatelyBlocking() {
         guard FileManager.default.fileExists(atPath: clusterDirectory + "/postmaster.pid") else { return }

@@ -22,6 +22,7 @@ struct TestServer {
     /// - Parameter changeFeed: run the relay, the tailer and the streams (only the tests of the feed need them: each
     ///   relay holds a replication slot and connections on the shared cluster).
     static func make(
+        on database: DatabaseEndpoint? = nil,
         maxBodyBytes: Int = 256 * 1024,
         changeFeed: Bool = false,
         configure: (inout Configuration) -> Void = { _ in }
@@ -33,7 +34,8 @@ struct TestServer {
         configuration.migrationsDirectory = repositoryRoot + "/Migrations"
         configuration.port = 0
         configure(&configuration)
-        let endpoint = try await TestCluster.freshDatabase()
+        let endpoint: DatabaseEndpoint
+        if let database { endpoint = database } else { endpoint = try await TestCluster.freshDatabase() }
         var logger = Logger(label: "test")
         // REALTIME_TEST_LOG_LEVEL=debug shows, among others, every service starting and finishing (ServiceGroup).
         logger.logLevel = ProcessInfo.processInfo.environment["REALTIME_TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .warning

@@ -42,6 +42,10 @@ export const TABLE_PATHS = Object.freeze({
 
 const DEFAULT_STALE_AFTER_MS = 60_000;
 const DEFAULT_STALL_TIMEOUT_MS = 45_000;
+const DEFAULT_REPORT_DELAY_EVERY_MS = 30_000;
+/** What POST /realtime/v1/slo/client-delay takes: at most 100 samples, each at most an hour. */
+const MAX_DELAY_SAMPLES = 100;
+const MAX_DELAY_SAMPLE_MS = 3_600_000;
 const PRESENCE_MIN_INTERVAL_MS = 250;
 
 // ---------------------------------------------------------------------------------------------- small helpers
@@ -597,6 +601,9 @@ export function createClient(options) {
  * `clock` ({now, setTimeout, clearTimeout}), `random`, `network` ({isOnline, subscribe}), `pageLifecycle`
  * ({onHide}), `staleAfterMs` (60 s: offline for longer makes the status `stale`) and `stallTimeoutMs` (45 s without a
  * byte, keepalives included, counts as a lost connection) and `uuid()` (ids of new rows and Idempotency-Keys).
+ * `reportDelayEveryMs` (30 s; 0 turns it off): how often the client reports to the server's service-level window
+ * (`POST /realtime/v1/slo/client-delay`) the delays it saw from a change's commit to its arrival — live changes only,
+ * measured on the device's clock, so a device clock far off skews them.
  */
 export class RealtimeClient {
   constructor({
@@ -612,6 +619,7 @@ export class RealtimeClient {
     uuid = () => randomUUID(),
     staleAfterMs = DEFAULT_STALE_AFTER_MS,
     stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS,
+    reportDelayEveryMs = DEFAULT_REPORT_DELAY_EVERY_MS,
   } = {}) {
     if (!fetchImpl) throw new Error("createClient needs fetch");
     this.url = url.replace(/\/+$/, "");
@@ -627,6 +635,11 @@ export class RealtimeClient {
     this.pageLifecycle = pageLifecycle;
     this.staleAfterMs = staleAfterMs;
     this.stallTimeoutMs = stallTimeoutMs;
+    this.reportDelayEveryMs = reportDelayEveryMs;
+    /** Delays (ms) of live changes not reported yet, when the stream opened, and the timer of the next report. */
+    this.delaySamples = [];
+    this.streamOpenedAt = null;
+    this.delayTimer = null;
 
     this.listeners = { status: new Set(), change: new Set(), error: new Set(), reset: new Set(), queue: new Set() };
     this.currentStatus = Status.CONNECTING;
@@ -836,6 +849,7 @@ export class RealtimeClient {
       return;
     }
     this.attempt = 0;
+    this.streamOpenedAt = this.clock.now();
     this.goLive();
     for (const channel of this.channels.values()) if (channel.state === "joining") channel.report("SUBSCRIBED");
     await this.readStream(generation, response, controller);
@@ -930,6 +944,7 @@ export class RealtimeClient {
     switch (frame.event) {
       case "postgres_changes":
         if (frame.id) this.cursor = frame.id;
+        this.noteDelay(data.commit_timestamp);
         this.applyChangeEvent(data, frame.id);
         return null;
       case "presence": {
@@ -1094,13 +1109,47 @@ export class RealtimeClient {
     this.leaveAll();
     this.closed = true;
     this.closeStream();
-    for (const name of ["reconnectTimer", "staleTimer", "writeTimer"]) this.clearTimer(name);
+    for (const name of ["reconnectTimer", "staleTimer", "writeTimer", "delayTimer"]) this.clearTimer(name);
     for (const channel of this.channels.values()) {
       if (channel.trackTimer !== null) this.clock.clearTimeout(channel.trackTimer);
       channel.trackTimer = null;
     }
     this.stopNetwork?.();
     this.stopPageHide?.();
+  }
+
+  // ------------------------------------------------------------------ the delays this device saw
+
+  /**
+   * Notes the delay of a change committed at `commitTimestamp`. Changes committed before the stream opened (less a
+   * second of clock skew) are its catch-up after a (re)connect, old by design: they are not counted, as the server
+   * does not count them either. Beyond 100 samples per report, random ones are replaced.
+   */
+  noteDelay(commitTimestamp) {
+    if (!this.reportDelayEveryMs || this.streamOpenedAt === null) return;
+    const committed = Date.parse(commitTimestamp ?? "");
+    if (!Number.isFinite(committed) || committed < this.streamOpenedAt - 1000) return;
+    const delay = Math.min(MAX_DELAY_SAMPLE_MS, Math.max(0, this.clock.now() - committed));
+    if (this.delaySamples.length < MAX_DELAY_SAMPLES) {
+      this.delaySamples.push(delay);
+    } else {
+      this.delaySamples[Math.floor(this.random() * MAX_DELAY_SAMPLES)] = delay;
+    }
+    if (this.delayTimer === null) {
+      this.delayTimer = this.clock.setTimeout(() => this.reportDelays(), this.reportDelayEveryMs);
+    }
+  }
+
+  /** Sends the delays noted since the last report; a failed report is dropped (the next one carries new samples). */
+  async reportDelays() {
+    this.delayTimer = null;
+    const samples = this.delaySamples.splice(0);
+    if (samples.length === 0 || this.closed) return;
+    try {
+      await this.request("POST", "/realtime/v1/slo/client-delay", { samples_ms: samples });
+    } catch {
+      // offline: these samples are lost, which only thins the window
+    }
   }
 
   // ------------------------------------------------------------------ presence on page hide
