@@ -183,19 +183,8 @@ struct NodeLifecycleTests {
 
     @Test func sigtermEndsStreamsWithASpreadRetryHintAndExitsInTime() async throws {
         let server = try await TestServer.make(changeFeed: true)
-        let binary = TestServer.repositoryRoot + "/.build/debug/realtime"
-        try #require(FileManager.default.isExecutableFile(atPath: binary), "build the executable first (swift build --build-tests)")
         let port = try FreePort.pick()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = [
-            "serve", "--database-url", server.endpoint.url(includingPassword: true), "--port", "\(port)",
-            "--migrations-dir", TestServer.repositoryRoot + "/Migrations", "--shutdown-seconds", "6", "--log-level", "warning",
-        ]
-        process.environment = ProcessInfo.processInfo.environment.merging(["REALTIME_JWT_SECRET": TestServer.secret]) { $1 }
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let process = try ProcessFaultTests.startBinary(server, port: port, arguments: ["--shutdown-seconds", "6"])
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
 
         try await server.test { client in

@@ -207,16 +207,17 @@ struct ProcessFaultTests {
         throw FaultTimeout(what: "a write to be answered", timeout: .seconds(60))
     }
 
-    /// The real server binary on the test's database, on `port`.
-    static func startBinary(_ server: TestServer, port: Int) throws -> Process {
+    /// The real server binary on the test's database, on `port`, with more `arguments` of `serve`.
+    static func startBinary(_ server: TestServer, port: Int, arguments: [String] = []) throws -> Process {
         let binary = TestServer.repositoryRoot + "/.build/debug/realtime"
         try #require(FileManager.default.isExecutableFile(atPath: binary), "build the executable first (swift build --build-tests)")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = [
-            "serve", "--database-url", server.endpoint.url(includingPassword: true), "--port", "\(port)",
-            "--migrations-dir", TestServer.repositoryRoot + "/Migrations", "--log-level", "warning",
-        ]
+        process.arguments =
+            [
+                "serve", "--database-url", server.endpoint.url(includingPassword: true), "--port", "\(port)",
+                "--migrations-dir", TestServer.repositoryRoot + "/Migrations", "--log-level", "warning",
+            ] + arguments
         process.environment = ProcessInfo.processInfo.environment.merging(["REALTIME_JWT_SECRET": TestServer.secret]) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
