@@ -136,6 +136,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most seconds a graceful shutdown (SIGTERM) may take (env REALTIME_SHUTDOWN_SECONDS, default 10).")
     var shutdownSeconds: Int?
 
+    @Option(help: "Seconds before an idle connection (or a request head still arriving) is closed (env REALTIME_IDLE_TIMEOUT_SECONDS, default 30).")
+    var idleTimeoutSeconds: Int?
+
+    @Option(help: "Most connections at once, HTTP/2 streams each counted; 0 for no cap (env REALTIME_MAX_CONNECTIONS, default 20000).")
+    var maxConnections: Int?
+
+    @Option(help: "Most connections at once from one IP address; 0 for no cap (env REALTIME_MAX_CONNECTIONS_PER_IP, default 1000).")
+    var maxConnectionsPerIp: Int?
+
     @Option(help: "Delay objective, p95 in ms from commit to frame written (env REALTIME_SLO_DELAY_P95_MS, default 1000).")
     var sloDelayP95Ms: Int?
 
@@ -177,6 +186,13 @@ struct Serve: AsyncParsableCommand {
             if let tlsCert { configuration.tlsCertificatePath = tlsCert }
             if let tlsKey { configuration.tlsKeyPath = tlsKey }
             if let shutdownSeconds { configuration.shutdownSeconds = try Configuration.int("\(shutdownSeconds)", "--shutdown-seconds", 1...600) }
+            if let idleTimeoutSeconds {
+                configuration.idleTimeoutSeconds = try Configuration.int("\(idleTimeoutSeconds)", "--idle-timeout-seconds", 1...3600)
+            }
+            if let maxConnections { configuration.maxConnections = try Configuration.int("\(maxConnections)", "--max-connections", 0...10_000_000) }
+            if let maxConnectionsPerIp {
+                configuration.maxConnectionsPerAddress = try Configuration.int("\(maxConnectionsPerIp)", "--max-connections-per-ip", 0...10_000_000)
+            }
             if let sloDelayP95Ms {
                 configuration.sloDelayP95Milliseconds = try Configuration.int("\(sloDelayP95Ms)", "--slo-delay-p95-ms", 1...600_000)
             }

@@ -141,7 +141,10 @@ struct ProcessFaultTests {
     @Test func aThousandClientsDroppingAndResumingAtOnceLoseNothing() async throws {
         Self.raiseOpenFileLimit()
         let count = ProcessInfo.processInfo.environment["REALTIME_STORM_CLIENTS"].flatMap(Int.init) ?? 1000
-        let server = try await TestServer.make(changeFeed: true) { $0.subscriberBufferLimit = 4096 }
+        let server = try await TestServer.make(changeFeed: true) {
+            $0.subscriberBufferLimit = 4096
+            $0.maxConnectionsPerAddress = 0  // every client is on 127.0.0.1
+        }
         try await server.testLive { client in
             try await ChangeFeedFaultTests.waitForRelay(server)
             let team = try await Team.make(client)

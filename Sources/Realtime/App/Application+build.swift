@@ -76,7 +76,10 @@ public func buildApplication(
 
     var app = Application(
         router: router,
-        server: try ServerTransport.builder(for: configuration),
+        server: try ServerTransport.builder(
+            for: configuration,
+            limits: ConnectionLimits(total: configuration.maxConnections, perAddress: configuration.maxConnectionsPerAddress)
+        ),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "realtime"),
         services: services,
         logger: logger

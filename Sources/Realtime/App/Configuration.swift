@@ -55,6 +55,16 @@ public struct Configuration: Sendable {
     /// `--shutdown-seconds`, `REALTIME_SHUTDOWN_SECONDS`: the most a graceful shutdown (SIGTERM) may take before
     /// whatever is left is cancelled.
     public var shutdownSeconds = 10
+    /// `--idle-timeout-seconds`, `REALTIME_IDLE_TIMEOUT_SECONDS`: a connection with no request in progress is closed
+    /// after this long; a request's head must arrive within it (a client sending headers a byte at a time is cut off).
+    /// Streams are requests in progress: they stay open.
+    public var idleTimeoutSeconds = 30
+    /// `--max-connections`, `REALTIME_MAX_CONNECTIONS`: the most connections (HTTP/2 streams count each) at once; beyond
+    /// it, `503 server_busy`. 0 for no cap.
+    public var maxConnections = 20_000
+    /// `--max-connections-per-ip`, `REALTIME_MAX_CONNECTIONS_PER_IP`: the most at once from one IP address; beyond it,
+    /// `429 too_many_connections`. 0 for no cap (behind a load balancer, where every client has its address).
+    public var maxConnectionsPerAddress = 1000
     /// `--slo-delay-p95-ms`, `REALTIME_SLO_DELAY_P95_MS`: the delay objective (p95, commit to frame written, over 10
     /// minutes) at or above which `GET /realtime/v1/slo` says `breached`.
     public var sloDelayP95Milliseconds = 1000
@@ -124,6 +134,15 @@ public struct Configuration: Sendable {
         if let value = environment["REALTIME_TLS_KEY"], !value.isEmpty { configuration.tlsKeyPath = value }
         if let value = environment["REALTIME_SHUTDOWN_SECONDS"] {
             configuration.shutdownSeconds = try int(value, "REALTIME_SHUTDOWN_SECONDS", 1...600)
+        }
+        if let value = environment["REALTIME_IDLE_TIMEOUT_SECONDS"] {
+            configuration.idleTimeoutSeconds = try int(value, "REALTIME_IDLE_TIMEOUT_SECONDS", 1...3600)
+        }
+        if let value = environment["REALTIME_MAX_CONNECTIONS"] {
+            configuration.maxConnections = try int(value, "REALTIME_MAX_CONNECTIONS", 0...10_000_000)
+        }
+        if let value = environment["REALTIME_MAX_CONNECTIONS_PER_IP"] {
+            configuration.maxConnectionsPerAddress = try int(value, "REALTIME_MAX_CONNECTIONS_PER_IP", 0...10_000_000)
         }
         if let value = environment["REALTIME_SLO_DELAY_P95_MS"] {
             configuration.sloDelayP95Milliseconds = try int(value, "REALTIME_SLO_DELAY_P95_MS", 1...600_000)

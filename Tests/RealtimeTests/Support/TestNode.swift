@@ -114,8 +114,9 @@ final class RawSocket: Sendable {
     private let descriptor: Int32
     private let ended = Mutex(false)
 
-    /// Connects to 127.0.0.1:`port` with a receive buffer of about `receiveBuffer` bytes.
-    init(port: Int, receiveBuffer: Int32) throws {
+    /// Connects to 127.0.0.1:`port` with a receive buffer of about `receiveBuffer` bytes, from `source` (another
+    /// loopback address, e.g. 127.0.0.2, to look like another client) when given.
+    init(port: Int, receiveBuffer: Int32 = 65536, from source: String? = nil) throws {
         #if canImport(Glibc) || canImport(Musl)
             let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         #else
@@ -124,6 +125,19 @@ final class RawSocket: Sendable {
         guard descriptor >= 0 else { throw RawSocketError("socket: \(String(cString: strerror(errno)))") }
         var size = receiveBuffer
         _ = setsockopt(descriptor, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        if let source {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            local.sin_addr.s_addr = inet_addr(source)
+            let bound = withUnsafePointer(to: &local) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard bound == 0 else {
+                let message = String(cString: strerror(errno))
+                closeDescriptor(descriptor)
+                throw RawSocketError("bind \(source): \(message)")
+            }
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)

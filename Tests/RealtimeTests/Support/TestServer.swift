@@ -33,6 +33,9 @@ struct TestServer {
         configuration.databasePoolSize = 10
         configuration.migrationsDirectory = repositoryRoot + "/Migrations"
         configuration.port = 0
+        // HummingbirdTesting's live client keeps one connection and cannot reconnect once the server closes it as idle:
+        // tests that wait long between requests would fail. The idle timeout has tests of its own, which set it.
+        configuration.idleTimeoutSeconds = 600
         configure(&configuration)
         let endpoint: DatabaseEndpoint
         if let database { endpoint = database } else { endpoint = try await TestCluster.freshDatabase() }
