@@ -165,6 +165,25 @@ import Testing
         }
     }
 
+    /// A cursor beyond the log's head is not a cursor of this log (e.g. from a database that was reset): the stream says
+    /// `reset` and ends, the poll answers `410 cursor_expired`, so the client reloads its snapshot instead of waiting
+    /// for sequences that mean something else.
+    @Test func aCursorFromTheFutureMeansReloadTheSnapshot() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let future = "\(Int64(Int32.max) * 1000)"
+            let stream = try await Self.open(client, "/realtime/v1/plan/\(plan)", as: .user(team.viewer), lastEventID: future)
+            try await stream.waitUntilFinished(timeout: .seconds(10))
+            #expect(stream.frames.map(\.event) == ["reset"], "\(stream.frames)")
+            #expect(stream.changes.isEmpty)
+            let poll = try await client.send(.get, "/realtime/v1/changes?channel=plan:\(plan)&after=\(future)", as: .user(team.viewer))
+            #expect(poll.status == .gone)
+            #expect(poll.errorCode == "cursor_expired")
+        }
+    }
+
     @Test func resumingWithLastEventIDReplaysExactlyWhatWasMissed() async throws {
         let server = try await TestServer.make(changeFeed: true)
         try await server.testLive { client in
