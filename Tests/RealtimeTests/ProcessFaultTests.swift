@@ -184,6 +184,13 @@ struct ProcessFaultTests {
                 stream.close()
             }
             #expect(wrong == 0, "\(wrong) of \(count) streams did not get every task once, in order")
+            // Nothing of the 2,000 streams stays behind: the server holds no stream once the clients are gone.
+            try await ChangeFeedFaultTests.waitUntil("every stream released", timeout: .seconds(30)) {
+                let metrics = try await client.send(.get, "/metrics", as: nil)
+                return ChangeFeedTests.value(of: "realtime_open_streams", in: metrics.text) == 0
+            }
+            let metrics = try await client.send(.get, "/metrics", as: nil)
+            #expect(ChangeFeedTests.value(of: #"realtime_disconnects_total{reason="client_closed"}"#, in: metrics.text) == Double(2 * count))
         }
     }
 
