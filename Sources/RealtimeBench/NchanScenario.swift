@@ -52,14 +52,8 @@ struct NchanScenario: AsyncParsableCommand {
         let fleet = SubscriberFleet(
             connector: SubscriberConnector(group: group, host: host, port: port, source: .dataPrefix, counters: counters, sink: OutcomeSink())
         )
-        let rssBefore = probes.server?.residentBytes()
-        let connectSeconds = try await fleet.open(targets, concurrency: options.connectConcurrency, log: log)
-        let opened = counters.openStreams.load(ordering: .relaxed)
-        log(String(format: "%d streams open in %.1f s (%d failed to connect)", opened, connectSeconds, fleet.failedToConnect))
-        let idleWindow = ResourceWindow(probes.server)
-        try await Task.sleep(for: .seconds(3))
-        let rssAfter = probes.server?.residentBytes()
-        let idleCPU = idleWindow.cpuSeconds()
+        let connect = try await ConnectPhase.run(
+            fleet, targets, counters: counters, probes: probes, concurrency: options.connectConcurrency, log: log)
 
         let window = probes.openWindow()
         let published = Shared<[ExpectedEvent]>([])
@@ -98,19 +92,11 @@ struct NchanScenario: AsyncParsableCommand {
         let publishSeconds = (ContinuousClock.now - publishStart).seconds
         log("publishing done; waiting for the last frames")
         await fleet.waitForQuiet(quiet: .seconds(3), limit: .milliseconds(Int64(options.drainSeconds * 1000)))
-        let windowSeconds = (ContinuousClock.now - window.started).seconds
-        let serverCPU = window.server.cpuSeconds()
-        let toolCPU = window.tool.cpuSeconds()
-        let rssEnd = probes.server?.residentBytes()
-        let toolRSS = probes.tool.residentBytes()
+        let end = WindowEnd(window, probes: probes)
         let outcomes = await fleet.closeAll()
 
         let expected = published.value
         let result = Verifier(expected: expected, startSequence: 0, failedToConnect: fleet.failedToConnect).verify(outcomes)
-        var deliveriesPerSecond: Double?
-        if let first = result.check.firstReceiptMicroseconds, let last = result.check.lastReceiptMicroseconds, last > first {
-            deliveriesPerSecond = Double(result.check.delivered) / (Double(last - first) / 1e6)
-        }
         var notes: [String] = []
         if fleet.failedToConnect > 0 { notes.append("connect failures: \(fleet.failureReasons)") }
         let attempts = attempted.value
@@ -128,22 +114,9 @@ struct NchanScenario: AsyncParsableCommand {
                 payloadBytes: payloadBytes,
                 toolThreads: options.threads
             ),
-            connect: .init(seconds: connectSeconds, perSecond: Double(targets.count) / max(connectSeconds, 0.001)),
-            memory: .init(
-                serverRSSBeforeBytes: rssBefore,
-                serverRSSAfterBytes: rssAfter,
-                perIdleSubscriberBytes: rssBefore.flatMap { before in rssAfter.map { Double($0 - before) / Double(max(opened, 1)) } },
-                serverRSSEndBytes: rssEnd,
-                toolRSSBytes: toolRSS
-            ),
-            cpu: .init(
-                windowSeconds: windowSeconds,
-                serverSeconds: serverCPU,
-                toolSeconds: toolCPU,
-                databaseSeconds: nil,
-                serverMicrosecondsPerDelivery: serverCPU.map { $0 * 1e6 / Double(max(result.check.delivered, 1)) },
-                serverIdleSecondsWhileConnected: idleCPU
-            ),
+            connect: connect.report,
+            memory: end.memory(connect),
+            cpu: end.cpu(connect, delivered: result.check.delivered),
             writes: .init(
                 attempted: attempts,
                 acknowledged: expected.count,
@@ -156,7 +129,7 @@ struct NchanScenario: AsyncParsableCommand {
             originToReceipt: result.originToReceipt,
             acknowledgementToReceipt: result.acknowledgementToReceipt,
             receivedBeforeAcknowledgement: result.receivedBeforeAcknowledgement,
-            deliveriesPerSecond: deliveriesPerSecond,
+            deliveriesPerSecond: result.check.deliveriesPerSecond,
             startedAt: started,
             notes: notes
         )

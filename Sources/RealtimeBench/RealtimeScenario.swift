@@ -97,15 +97,9 @@ struct RealtimeScenario: AsyncParsableCommand {
         let fleet = SubscriberFleet(
             connector: SubscriberConnector(group: group, host: host, port: port, source: .eventID, counters: counters, sink: OutcomeSink())
         )
-        try await Task.sleep(for: .seconds(1))
-        let rssBefore = probes.server?.residentBytes()
-        let connectSeconds = try await fleet.open(targets, concurrency: options.connectConcurrency, log: log)
-        let opened = counters.openStreams.load(ordering: .relaxed)
-        log(String(format: "%d streams open in %.1f s (%d failed to connect)", opened, connectSeconds, fleet.failedToConnect))
-        let idleWindow = ResourceWindow(probes.server)
-        try await Task.sleep(for: .seconds(3))
-        let rssAfter = probes.server?.residentBytes()
-        let idleCPU = idleWindow.cpuSeconds()
+        try await Task.sleep(for: .seconds(1))  // the setup's requests settle before the memory is read
+        let connect = try await ConnectPhase.run(
+            fleet, targets, counters: counters, probes: probes, concurrency: options.connectConcurrency, log: log)
 
         let window = probes.openWindow()
         let driver = WriteDriver(
@@ -133,12 +127,7 @@ struct RealtimeScenario: AsyncParsableCommand {
                 : String(format: "the feed caught up %.1f s after the last write", catchUpSeconds))
         await fleet.waitForQuiet(limit: .seconds(30))
         let serverLevel = await Self.serverServiceLevel(service)
-        let windowSeconds = (ContinuousClock.now - window.started).seconds
-        let serverCPU = window.server.cpuSeconds()
-        let databaseCPU = window.database.cpuSeconds()
-        let toolCPU = window.tool.cpuSeconds()
-        let rssEnd = probes.server?.residentBytes()
-        let toolRSS = probes.tool.residentBytes()
+        let end = WindowEnd(window, probes: probes)
         let outcomes = await fleet.closeAll()
 
         log("reading the feed as the service role to check deliveries")
@@ -156,11 +145,6 @@ struct RealtimeScenario: AsyncParsableCommand {
         var failureStatuses: [String: Int] = [:]
         for write in writes where !write.succeeded { failureStatuses[write.status.map(String.init) ?? "no answer", default: 0] += 1 }
         let acknowledged = writes.filter(\.succeeded).count
-        let perSubscriber = rssBefore.flatMap { before in rssAfter.map { Double($0 - before) / Double(max(opened, 1)) } }
-        var deliveriesPerSecond: Double?
-        if let first = result.check.firstReceiptMicroseconds, let last = result.check.lastReceiptMicroseconds, last > first {
-            deliveriesPerSecond = Double(result.check.delivered) / (Double(last - first) / 1e6)
-        }
         var notes: [String] = []
         if feedEnd == nil {
             notes.append(
@@ -184,22 +168,9 @@ struct RealtimeScenario: AsyncParsableCommand {
                 payloadBytes: nil,
                 toolThreads: options.threads
             ),
-            connect: .init(seconds: connectSeconds, perSecond: Double(targets.count) / max(connectSeconds, 0.001)),
-            memory: .init(
-                serverRSSBeforeBytes: rssBefore,
-                serverRSSAfterBytes: rssAfter,
-                perIdleSubscriberBytes: perSubscriber,
-                serverRSSEndBytes: rssEnd,
-                toolRSSBytes: toolRSS
-            ),
-            cpu: .init(
-                windowSeconds: windowSeconds,
-                serverSeconds: serverCPU,
-                toolSeconds: toolCPU,
-                databaseSeconds: databaseCPU,
-                serverMicrosecondsPerDelivery: serverCPU.map { $0 * 1e6 / Double(max(result.check.delivered, 1)) },
-                serverIdleSecondsWhileConnected: idleCPU
-            ),
+            connect: connect.report,
+            memory: end.memory(connect),
+            cpu: end.cpu(connect, delivered: result.check.delivered),
             writes: .init(
                 attempted: writes.count,
                 acknowledged: acknowledged,
@@ -218,7 +189,7 @@ struct RealtimeScenario: AsyncParsableCommand {
             originToReceipt: result.originToReceipt,
             acknowledgementToReceipt: result.acknowledgementToReceipt,
             receivedBeforeAcknowledgement: result.receivedBeforeAcknowledgement,
-            deliveriesPerSecond: deliveriesPerSecond,
+            deliveriesPerSecond: result.check.deliveriesPerSecond,
             startedAt: started,
             notes: notes
         )
