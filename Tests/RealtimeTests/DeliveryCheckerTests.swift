@@ -356,9 +356,17 @@ struct DeliveryCheckerTests {
         }
     }
 
-    /// Waits until the WAL written so far has reached the event log, and returns the newest sequence.
+    /// Waits until every transaction committed so far has reached the event log, and returns the newest sequence.
+    ///
+    /// The test cluster runs with `synchronous_commit = off`: a commit returns before its WAL is written, so
+    /// `pg_current_wal_lsn()` alone can stand before the last commits (and the relay cannot see them yet). A transaction
+    /// committed here with `synchronous_commit = on` flushes the WAL up to its own commit record, past every earlier one.
     static func waitForQuiet(_ server: TestServer) async throws -> Int64 {
         try await server.withOwnerConnection { connection in
+            try await connection.query("BEGIN", logger: server.logger)
+            try await connection.query("SET LOCAL synchronous_commit = on", logger: server.logger)
+            _ = try await connection.query("SELECT txid_current()", logger: server.logger).collect()
+            try await connection.query("COMMIT", logger: server.logger)
             var target = ""
             for try await lsn in try await connection.query("SELECT pg_current_wal_lsn()::text", logger: server.logger).decode(String.self) {
                 target = lsn
