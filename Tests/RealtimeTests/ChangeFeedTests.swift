@@ -286,6 +286,63 @@ import Testing
         }
     }
 
+    /// The order PostgreSQL logs commits in is not quite the order it makes them visible in, so a transaction a snapshot
+    /// saw committed may be logged after one it saw in progress. The log is written here by hand to stage that, with
+    /// transaction ids around a made-up snapshot: a stream and a poll from the snapshot's cursor skip the snapshot's
+    /// transaction, and their ids keep the snapshot until a transaction begun after it, so resuming from any id skips it
+    /// too.
+    @Test func idsAfterASnapshotsCursorKeepItsSnapshotUntilItIsSettled() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let head = try await DeliveryCheckerTests.waitForQuiet(server)
+            // The snapshot saw 100 and 102 committed, 101 and 103 in progress; 104 and later had not begun.
+            let snapshot = "100:104:101,103"
+            let sequences = try await server.withOwnerConnection { connection in
+                var sequences: [Int64] = []
+                for (index, xid) in [101, 102, 103, 104, 105].enumerated() {
+                    // 104 is in another branch: it settles the snapshot for this stream too, unseen.
+                    let (branch, planID) = xid == 104 ? (UUID(), UUID()) : (team.branch, plan)
+                    let task = UUID()
+                    let record =
+                        #"{"id":"\#(task.uuidString.lowercased())","branch_id":"\#(branch.uuidString.lowercased())","plan_id":"\#(planID.uuidString.lowercased())","title":"x\#(xid)"}"#
+                    let rows = try await connection.query(
+                        """
+                        INSERT INTO realtime.event_log (commit_lsn, tx_index, xid, commit_time, table_name, op, branch_id, plan_id, task_id, record, old_record)
+                        VALUES (\("0/\(index + 1)0")::pg_lsn, 0, \(Int64(xid)), now(), 'task', 'INSERT', \(branch), \(planID), \(task), \(record)::json, '{}')
+                        RETURNING seq
+                        """, logger: server.logger)
+                    for try await sequence in rows.decode(Int64.self) { sequences.append(sequence) }
+                }
+                return sequences
+            }
+            try #require(sequences.count == 5 && sequences.allSatisfy { $0 > head })
+            let withSnapshot = { (sequence: Int64) in "\(sequence)~\(snapshot)" }
+            let expected = [withSnapshot(sequences[0]), withSnapshot(sequences[2]), "\(sequences[4])"]
+
+            let path = "/realtime/v1/plan/\(plan)?table=task"
+            let stream = try await Self.open(client, path, as: .user(team.viewer), lastEventID: "\(head)~\(snapshot)")
+            let frames = try await stream.waitForChanges(3)
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(stream.changes.map(\.id) == expected)
+            stream.close()
+
+            // Reconnecting with the first id still skips transaction 102.
+            let resumed = try await Self.open(client, path, as: .user(team.viewer), lastEventID: try #require(frames.first?.id))
+            _ = try await resumed.waitForChanges(2)
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(resumed.changes.map(\.id) == Array(expected.dropFirst()))
+            resumed.close()
+
+            // A poll gives the same ids, and a plain cursor to go on from.
+            let poll = try await client.send(
+                .get, "/realtime/v1/changes?channel=plan:\(plan)&table=task&after=\(head)~\(snapshot)", as: .user(team.viewer))
+            #expect((poll.object["events"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == expected, "\(poll.text)")
+            #expect(poll.string("cursor") == "\(sequences[4])")
+        }
+    }
+
     @Test func pollingReturnsTheSameEventsAndLongPollsForNewOnes() async throws {
         let server = try await TestServer.make(changeFeed: true)
         try await server.testLive { client in

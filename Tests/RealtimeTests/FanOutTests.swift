@@ -111,6 +111,12 @@ extension Delivery {
     }
 
     fileprivate var channels: [String]? { json?["channels"] as? [String] }
+
+    /// The `id:` of a frame.
+    fileprivate var frameID: String? {
+        guard let line = frame?.text.split(separator: "\n").first, line.hasPrefix("id: ") else { return nil }
+        return String(line.dropFirst(4))
+    }
     fileprivate var operation: String? { json?["event"] as? String }
 }
 
@@ -624,6 +630,64 @@ extension Subscription {
         hub.publish([Fixture.task(1, branch: Fixture.branchA, plan: Fixture.planA)], now: now.addingTimeInterval(3601))
         #expect(lasting.buffered() == [.end(reason: .tokenExpired)])
         #expect(hub.subscriberCount == 0)
+    }
+
+    // MARK: Resuming from a snapshot's cursor
+
+    /// The snapshot saw 100 and 102 committed; 101 and 103 were in progress; 104 and later had not begun.
+    static let snapshot = Cursor.Snapshot(xmin: 100, xmax: 104, inProgress: [101, 103])
+    static let snapshotText = "100:104:101,103"
+
+    /// Tasks of branch A from transactions 101, 102 (which PostgreSQL logged after 101 but made visible before the
+    /// snapshot) and 103; then one of transaction 104 in branch B, which settles the snapshot; then 105 in branch A.
+    static func eventsAroundASnapshot() -> [ChangeEvent] {
+        [(11, 101, Fixture.branchA), (12, 102, Fixture.branchA), (13, 103, Fixture.branchA), (14, 104, Fixture.branchB), (15, 105, Fixture.branchA)]
+            .map { sequence, xid, branch in
+                var event = Fixture.task(Int64(sequence), branch: branch, plan: branch == Fixture.branchA ? Fixture.planA : Fixture.planB)
+                event.xid = UInt32(xid)
+                return event
+            }
+    }
+
+    @Test func framesCarryTheSnapshotInTheirIdsUntilATransactionBegunAfterItArrives() throws {
+        let hub = Fixture.hub()
+        let live = try hub.subscribe(principal: .user(Fixture.alice), channels: [.branch(Fixture.branchA)], after: 10, snapshot: Self.snapshot)
+        let plain = try hub.subscribe(principal: .user(Fixture.alice), channels: [.branch(Fixture.branchA)], after: 10)
+        hub.publish(Self.eventsAroundASnapshot())
+        // Transaction 102 is in the snapshot: skipped. 101 and 103 are not, but a transaction the snapshot saw could
+        // still follow them, so their ids keep the snapshot; from 104 on (seen in another branch) none can.
+        #expect(live.buffered().compactMap(\.frameID) == ["11~\(Self.snapshotText)", "13~\(Self.snapshotText)", "15"])
+        #expect(plain.buffered().compactMap(\.frameID) == ["11", "12", "13", "15"])
+
+        // A client that reconnects with the id of frame 11 still skips 102.
+        let resumed = try #require(Cursor("11~\(Self.snapshotText)"))
+        let again = try hub.subscribe(
+            principal: .user(Fixture.alice), channels: [.branch(Fixture.branchA)], after: resumed.sequence, snapshot: resumed.snapshot)
+        let replayed = hub.catchUp(again.id, with: Self.eventsAroundASnapshot().filter { $0.sequence > resumed.sequence })
+        #expect(replayed.compactMap(\.frameID) == ["13~\(Self.snapshotText)", "15"])
+    }
+
+    @Test func anEventThatSettlesTheSnapshotLiveDoesNotChangeTheIdsOfEarlierEventsStillBeingReplayed() throws {
+        let hub = Fixture.hub()
+        let events = Self.eventsAroundASnapshot()
+        let subscription = try hub.subscribe(
+            principal: .user(Fixture.alice), channels: [.branch(Fixture.branchA)], after: 10, snapshot: Self.snapshot)
+        // The tail publishes 14 and 15 while the stream still replays 11 to 14 from the log.
+        hub.publish(Array(events.suffix(2)))
+        let replayed = hub.catchUp(subscription.id, with: Array(events.prefix(4)))
+        #expect(replayed.compactMap(\.frameID) == ["11~\(Self.snapshotText)", "13~\(Self.snapshotText)"])
+        #expect(subscription.buffered().compactMap(\.frameID) == ["15"])
+    }
+
+    @Test func onlyATransactionBegunAfterTheSnapshotSettlesIt() {
+        #expect(!Self.snapshot.isSettled(by: 99))
+        #expect(!Self.snapshot.isSettled(by: 101))
+        #expect(!Self.snapshot.isSettled(by: 103))
+        #expect(Self.snapshot.isSettled(by: 104))
+        #expect(Self.snapshot.isSettled(by: 2_000_000_000))
+        // Transaction ids wrap around: 5 is 2^32 − 2^32 + 5, after a snapshot taken near the end of the range.
+        #expect(Cursor.Snapshot(xmin: 4_294_967_000, xmax: 4_294_967_290, inProgress: []).isSettled(by: 5))
+        #expect(!Cursor.Snapshot(xmin: 4_294_967_000, xmax: 4_294_967_290, inProgress: []).isSettled(by: 4_294_967_100))
     }
 
     @Test func unsubscribingRemovesFromTheIndex() throws {

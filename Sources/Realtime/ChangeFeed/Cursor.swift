@@ -19,6 +19,15 @@ public struct Cursor: Sendable, Equatable, CustomStringConvertible {
             return !inProgress.contains(xid)
         }
 
+        /// Whether an event of transaction `xid`, logged after the snapshot's sequence, ends the snapshot's part in
+        /// a cursor: its transaction took its id after the snapshot was taken, so it committed after it, and so did
+        /// every transaction logged after it (the log is in commit order). The snapshot saw none of them.
+        ///
+        /// An event of a transaction the snapshot saw in progress is not enough: PostgreSQL writes a commit to the WAL
+        /// before it makes it visible, so a transaction in progress for the snapshot may be logged before one the
+        /// snapshot saw committed.
+        public func isSettled(by xid: UInt32) -> Bool { !Self.precedes(xid, xmax) }
+
         static func precedes(_ a: UInt32, _ b: UInt32) -> Bool { Int32(bitPattern: a &- b) < 0 }
     }
 

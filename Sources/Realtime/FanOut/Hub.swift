@@ -161,12 +161,14 @@ public final class Hub: Sendable {
             var frames: [Delivery] = []
             var readThrough = subscriber.mailbox.readThrough
             for event in events where event.sequence > readThrough {
+                subscriber.noteSnapshotSettling(event)
                 if let snapshot = subscriber.snapshot, snapshot.sawCommitted(event.xid) { continue }
                 var fanOut = EventFanOut(event)
                 let mask = fanOut.mask(for: subscriber.channels)
                 guard mask != 0 else { continue }
                 let memberships = state.memberships(of: subscriber.principal)
-                if let bytes = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) {
+                if let shared = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) {
+                    let bytes = subscriber.frame(shared, sequence: event.sequence)
                     frames.append(.frame(bytes, sequence: event.sequence, committedAt: event.commitTime.timeIntervalSince1970))
                     readThrough = event.sequence
                 }
@@ -223,6 +225,9 @@ struct HubState {
     var presence = PresenceBook()
     /// Scratch list of the subscribers one event reaches, kept to reuse its storage.
     var reached: [Subscriber] = []
+    /// Subscribers resumed from a snapshot's cursor whose snapshot no event has settled yet: every event is shown to
+    /// them, delivered to them or not.
+    var unsettledSnapshots: [SubscriptionID: Subscriber] = [:]
 
     func memberships(of principal: Principal) -> Memberships {
         guard case .user(let userID) = principal else { return Memberships() }
@@ -260,10 +265,12 @@ struct HubState {
         subscribers[subscriber.id] = subscriber
         for channel in subscriber.channels { index[channel, default: [:]][subscriber.id] = subscriber }
         if case .user(let userID) = subscriber.principal { byUser[userID, default: []].insert(subscriber.id) }
+        if subscriber.snapshot != nil { unsettledSnapshots[subscriber.id] = subscriber }
     }
 
     mutating func remove(_ id: SubscriptionID) -> Subscriber? {
         guard let subscriber = subscribers.removeValue(forKey: id) else { return nil }
+        unsettledSnapshots.removeValue(forKey: id)
         for channel in subscriber.channels {
             index[channel]?.removeValue(forKey: id)
             if index[channel]?.isEmpty == true { index.removeValue(forKey: channel) }
@@ -287,6 +294,12 @@ struct HubState {
         case "plan": notePlan(event)
         default: break
         }
+        if !unsettledSnapshots.isEmpty {
+            for subscriber in unsettledSnapshots.values {
+                subscriber.noteSnapshotSettling(event)
+                if subscriber.snapshotSettledAt != nil { unsettledSnapshots.removeValue(forKey: subscriber.id) }
+            }
+        }
         guard !index.isEmpty else { return }
         var fanOut = EventFanOut(event)
         for (position, delivery) in fanOut.deliveries.enumerated() {
@@ -309,7 +322,8 @@ struct HubState {
                 continue
             }
             let memberships = memberships(of: subscriber.principal)
-            guard let bytes = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) else { continue }
+            guard let shared = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) else { continue }
+            let bytes = subscriber.frame(shared, sequence: event.sequence)
             switch subscriber.mailbox.offer(bytes, sequence: event.sequence, committedAt: committedAt) {
             case .accepted: subscriber.lastSequence = event.sequence
             case .full: ended.append((subscriber, .slowConsumer))

@@ -37,16 +37,31 @@ public enum SSEFrame {
         return buffer
     }
 
+    /// The same frame with another `id:` line (a frame made by ``change(_:channels:)`` starts with its id line).
+    static func replacingID(of frame: ByteBuffer, with id: String) -> ByteBuffer {
+        var rest = frame
+        guard let newline = rest.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return frame }
+        rest.moveReaderIndex(to: newline + 1)
+        var buffer = ByteBufferAllocator().buffer(capacity: 5 + id.utf8.count + rest.readableBytes)
+        buffer.writeString("id: \(id)\n")
+        buffer.writeImmutableBuffer(rest)
+        return buffer
+    }
+
     /// The JSON object of a change, as in a frame's data; with `id` (its cursor) first when given, for polls.
-    static func changeJSON(_ event: ChangeEvent, channels: [Channel], id: Int64?) -> String {
+    static func changeJSON(_ event: ChangeEvent, channels: [Channel], id: String?) -> String {
         var buffer = ByteBufferAllocator().buffer(capacity: 256 + event.record.utf8.count + event.oldRecord.utf8.count)
         writeChangeJSON(event, channels: channels, id: id, to: &buffer)
         return String(buffer: buffer)
     }
 
-    private static func writeChangeJSON(_ event: ChangeEvent, channels: [Channel], id: Int64?, to buffer: inout ByteBuffer) {
+    private static func writeChangeJSON(_ event: ChangeEvent, channels: [Channel], id: String?, to buffer: inout ByteBuffer) {
         buffer.writeString("{")
-        if let id { buffer.writeString(#""id":"\#(id)","#) }
+        if let id {
+            buffer.writeString(#""id":"#)
+            buffer.writeString(JSONText.quote(id))
+            buffer.writeString(",")
+        }
         buffer.writeString(#""type":"postgres_changes","schema":"public","table":"#)
         buffer.writeString(JSONText.quote(event.table))
         buffer.writeString(#","event":""#)

@@ -177,27 +177,31 @@ struct StreamController {
         }
         let deadline = ContinuousClock.now + .seconds(wait)
         var scanned = cursor.sequence
+        // Like a stream's frame ids, event ids carry the snapshot until an event settles it.
+        var snapshot = cursor.snapshot
         var found: [String] = []
         while true {
             while found.count < limit {
                 let events = try await EventLog.read(after: scanned, limit: Self.catchUpBatch, client: database.client, logger: context.logger)
                 for event in events where found.count < limit {
                     scanned = event.sequence
+                    if snapshot?.isSettled(by: event.xid) == true { snapshot = nil }
                     guard !cursor.covers(sequence: event.sequence, xid: event.xid) else { continue }
                     var fanOut = EventFanOut(event)
                     let mask = fanOut.mask(for: channels)
                     guard mask != 0,
                         let (operation, readable) = fanOut.decide(for: principal, options: options, mask: mask, memberships: memberships)
                     else { continue }
-                    found.append(SSEFrame.changeJSON(event.delivered(as: operation), channels: fanOut.channels(readable), id: event.sequence))
+                    let id = Cursor(sequence: event.sequence, snapshot: snapshot).description
+                    found.append(SSEFrame.changeJSON(event.delivered(as: operation), channels: fanOut.channels(readable), id: id))
                 }
                 if events.count < Self.catchUpBatch { break }
             }
             if !found.isEmpty || ContinuousClock.now >= deadline || Task.isShuttingDownGracefully { break }
             try await Task.sleep(for: .milliseconds(200))
         }
-        // A snapshot cursor keeps its snapshot until the poll has passed events, so that none is repeated.
-        let next = scanned > cursor.sequence ? Cursor(sequence: scanned, snapshot: cursor.snapshot) : cursor
+        // A snapshot cursor keeps its snapshot until an event has settled it, so that none is repeated.
+        let next = scanned > cursor.sequence ? Cursor(sequence: scanned, snapshot: snapshot) : cursor
         return .json(.ok, #"{"events":["# + found.joined(separator: ",") + #"],"cursor":"# + JSONText.quote(next.description) + "}")
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// Identifies one subscription of a hub.
 public struct SubscriptionID: Hashable, Sendable, CustomStringConvertible {
@@ -31,6 +32,10 @@ final class Subscriber {
     var lastSequence: Int64
     /// For a subscription that resumes from a snapshot's cursor: the transactions the snapshot already holds.
     let snapshot: Cursor.Snapshot?
+    /// The sequence of the snapshot's cursor.
+    let snapshotSequence: Int64
+    /// The earliest event after the snapshot's cursor known to settle the snapshot (``Cursor/Snapshot/isSettled(by:)``).
+    var snapshotSettledAt: Int64?
     /// While one event fans out: which of its deliveries reach this subscriber, one bit per delivery.
     var deliveryMask: UInt8 = 0
 
@@ -46,6 +51,7 @@ final class Subscriber {
         snapshot: Cursor.Snapshot? = nil
     ) {
         self.snapshot = snapshot
+        self.snapshotSequence = lastSequence
         self.id = id
         self.principal = principal
         self.channels = channels
@@ -57,4 +63,25 @@ final class Subscriber {
     }
 
     func isExpired(at now: Date) -> Bool { expiresAt.map { $0 <= now } ?? false }
+
+    /// Notes an event the hub has seen (delivered to this subscriber or not): one that settles the snapshot ends the
+    /// snapshot's part in the ids of the frames from it on.
+    func noteSnapshotSettling(_ event: ChangeEvent) {
+        guard let snapshot, event.sequence > snapshotSequence, snapshot.isSettled(by: event.xid) else { return }
+        snapshotSettledAt = min(snapshotSettledAt ?? .max, event.sequence)
+    }
+
+    /// Whether the snapshot is settled by an event at or before `sequence` (or there is none).
+    func snapshotIsSettled(at sequence: Int64) -> Bool {
+        guard snapshot != nil else { return true }
+        return snapshotSettledAt.map { $0 <= sequence } ?? false
+    }
+
+    /// The frame to send this subscriber for the event at `sequence`, given the frame all its peers share: until the
+    /// snapshot is settled its id is the full cursor, snapshot included, so that a client reconnecting with that
+    /// `Last-Event-ID` still skips the transactions the snapshot held (a plain sequence number would lose them).
+    func frame(_ shared: ByteBuffer, sequence: Int64) -> ByteBuffer {
+        guard !snapshotIsSettled(at: sequence) else { return shared }
+        return SSEFrame.replacingID(of: shared, with: Cursor(sequence: sequence, snapshot: snapshot).description)
+    }
 }
