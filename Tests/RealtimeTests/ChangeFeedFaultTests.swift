@@ -406,7 +406,12 @@ struct ChangeFeedFaultTests {
             try await Self.waitUntil("all cards logged", timeout: .seconds(60)) {
                 try await Self.int64s(server, "SELECT count(*) FROM realtime.event_log WHERE table_name = 'client_card'") == [Int64(cardCount)]
             }
-            try await Task.sleep(for: .seconds(2))  // the tailer publishes them
+            // The tailer hands them to the fan-out, which ends the reader as slow once its buffer is full. Reading now,
+            // before they all got there, could let the reader keep up: wait for the fan-out's own count, not a guess.
+            try await Self.waitUntil("all cards at the fan-out", timeout: .seconds(60)) {
+                let metrics = try await client.send(.get, "/metrics", as: nil)
+                return ChangeFeedTests.value(of: #"realtime_delay_ms_count{table="client_card"}"#, in: metrics.text) ?? 0 >= Double(cardCount)
+            }
 
             // Now read: what was sent, then the end for being too slow, then the end of the response (its last chunk).
             received += try await socket.read(until: .seconds(60)) { $0.suffix(7).elementsEqual("\r\n0\r\n\r\n".utf8) }
