@@ -412,6 +412,28 @@ extension Subscription {
         #expect(text.filter { $0 == "\n" }.count == 4)
     }
 
+    @Test func coalescesFramesInOrderWithinTheLimit() {
+        let frames = (1...10).map { index in
+            var buffer = ByteBufferAllocator().buffer(capacity: 0)
+            buffer.writeString("id: \(index)\ndata: " + String(repeating: "x", count: index * 10) + "\n\n")
+            return buffer
+        }
+        let whole = frames.map { String(buffer: $0) }.joined()
+        let joined = SSEFrame.coalesced(frames, limit: 200)
+        #expect(joined.map { String(buffer: $0) }.joined() == whole)
+        #expect(joined.count > 1 && joined.count < frames.count)
+        #expect(joined.allSatisfy { $0.readableBytes <= 200 })
+        #expect(SSEFrame.coalesced(frames).count == 1)
+        // A frame larger than the limit goes out whole, on its own.
+        var large = ByteBufferAllocator().buffer(capacity: 0)
+        large.writeString(String(repeating: "y", count: 500))
+        let withLarge = SSEFrame.coalesced([frames[0], large, frames[1]], limit: 200)
+        #expect(withLarge.map(\.readableBytes) == [frames[0].readableBytes, 500, frames[1].readableBytes])
+        #expect(SSEFrame.coalesced([frames[0]]) == [frames[0]])
+        // The shared frames themselves are untouched.
+        #expect(frames.map { String(buffer: $0) }.joined() == whole)
+    }
+
     @Test func encodesCommentsRetryAndControlFrames() {
         #expect(String(buffer: SSEFrame.keepalive) == ": keepalive\n\n")
         #expect(String(buffer: SSEFrame.comment("a\nb")) == ": a b\n\n")

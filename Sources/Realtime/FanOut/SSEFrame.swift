@@ -37,6 +37,28 @@ public enum SSEFrame {
         return buffer
     }
 
+    /// Frames joined into as few buffers as possible, each at most `limit` bytes unless one frame alone is larger, so
+    /// that a burst goes out as one chunk of the response and one write, not one per frame. One frame is returned as is.
+    static func coalesced(_ frames: [ByteBuffer], limit: Int = 64 * 1024) -> [ByteBuffer] {
+        guard frames.count > 1 else { return frames }
+        var joined: [ByteBuffer] = []
+        var current: ByteBuffer?
+        for frame in frames {
+            if var buffer = current, buffer.readableBytes + frame.readableBytes <= limit {
+                current = nil  // keeps the buffer uniquely referenced, so the write below does not copy it
+                buffer.writeImmutableBuffer(frame)
+                current = buffer
+                continue
+            }
+            if let buffer = current { joined.append(buffer) }
+            var buffer = ByteBufferAllocator().buffer(capacity: min(limit, max(frame.readableBytes, 4096)))
+            buffer.writeImmutableBuffer(frame)
+            current = buffer
+        }
+        if let buffer = current { joined.append(buffer) }
+        return joined
+    }
+
     /// The same frame with another `id:` line (a frame made by ``change(_:channels:)`` starts with its id line).
     static func replacingID(of frame: ByteBuffer, with id: String) -> ByteBuffer {
         var rest = frame

@@ -93,7 +93,7 @@ struct StreamController {
                         let events = try await EventLog.read(after: after, limit: Self.catchUpBatch, client: database.client, logger: logger)
                         guard let last = events.last else { break }
                         let frames = hub.catchUp(subscription.id, with: events).compactMap(\.frameBytes)
-                        try await writer.write(contentsOf: frames)
+                        try await writer.write(contentsOf: SSEFrame.coalesced(frames))
                         metrics.framesWritten(frames.count)
                         after = last.sequence
                         if events.count < Self.catchUpBatch { break }
@@ -111,13 +111,13 @@ struct StreamController {
                                 batch.append(delivery)
                                 for more in subscription.deliveries.availableDeliveries(limit: 64) {
                                     if case .end(let reason) = more {
-                                        try await writer.write(contentsOf: batch.frames)
+                                        try await writer.write(contentsOf: SSEFrame.coalesced(batch.frames))
                                         metrics.framesWritten(batch.frames.count, commitTimes: batch.commitTimes)
                                         return reason
                                     }
                                     batch.append(more)
                                 }
-                                try await writer.write(contentsOf: batch.frames)
+                                try await writer.write(contentsOf: SSEFrame.coalesced(batch.frames))
                                 metrics.framesWritten(batch.frames.count, commitTimes: batch.commitTimes)
                             case .keepalive:
                                 try await writer.write(SSEFrame.keepalive)
