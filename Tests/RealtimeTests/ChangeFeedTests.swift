@@ -296,7 +296,7 @@ import Testing
         try await server.testLive { client in
             let team = try await Team.make(client)
             let plan = try await team.makePlan(client)
-            let head = try await DeliveryCheckerTests.waitForQuiet(server)
+            let head = try await DeliveryCheckerTests.waitForLogged(server, xid: try await DeliveryCheckerTests.commitMarker(server, plan: plan))
             // The snapshot saw 100 and 102 committed, 101 and 103 in progress; 104 and later had not begun.
             let snapshot = "100:104:101,103"
             let sequences = try await server.withOwnerConnection { connection in

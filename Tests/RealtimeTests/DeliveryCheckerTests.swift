@@ -213,7 +213,10 @@ struct DeliveryCheckerTests {
                 return removed
             }
 
-            let end = try await Self.waitForQuiet(server)
+            // The end of the writes: a last transaction committed after all of them. The log is in commit order, so once
+            // it holds this one it holds every write before it (judged by the log itself, not by positions in the WAL).
+            let marker = try await Self.commitMarker(server, plan: plans[branches[0]]![0])
+            let end = try await Self.waitForLogged(server, xid: marker)
             let database = Database(endpoint: server.endpoint, poolSize: 3, logger: server.logger)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await database.client.run() }
@@ -230,7 +233,7 @@ struct DeliveryCheckerTests {
                         log.first { $0.sequence == sequence }.map { "\($0.sequence) \($0.table) \($0.operation) \($0.branchID?.uuidString ?? "-")" }
                     }
                     let context =
-                        "seed \(seed): user \(watch.user) on branch \(watch.branch) (finished: \(watch.stream.isFinished), last: \(watch.stream.frames.last?.event ?? "-")): received \(received), expected \(expected); differing: \(differing)"
+                        "seed \(seed): user \(watch.user) on branch \(watch.branch) (finished: \(watch.stream.isFinished), last: \(watch.stream.frames.last?.event ?? "-")): received \(received), expected \(expected); differing: \(differing); the writes ended at \(end), the log read ends at \(log.last?.sequence ?? 0)"
                     if revoked {
                         // Revocation drops what its stream had not written yet: nothing of the branch goes out after the
                         // removal commits. What did go out is the start of the expected sequence, in order, once each.
@@ -353,6 +356,33 @@ struct DeliveryCheckerTests {
             let batch = try await EventLog.read(after: events.last?.sequence ?? cursor, limit: 1000, client: database.client, logger: database.logger)
             events += batch
             if batch.count < 1000 { return events }
+        }
+    }
+
+    /// Commits a change of a plan's title, and returns its transaction id (as the log records it).
+    static func commitMarker(_ server: TestServer, plan: UUID) async throws -> Int64 {
+        try await server.withOwnerConnection { connection in
+            try await connection.query("BEGIN", logger: server.logger)
+            try await connection.query("UPDATE plan SET title = 'end of the writes' WHERE id = \(plan)", logger: server.logger)
+            var xid: Int64 = 0
+            for try await value in try await connection.query("SELECT txid_current() % 4294967296", logger: server.logger).decode(Int64.self) {
+                xid = value
+            }
+            try await connection.query("COMMIT", logger: server.logger)
+            return xid
+        }
+    }
+
+    /// Waits until the event log holds an event of transaction `xid`, and returns its sequence.
+    static func waitForLogged(_ server: TestServer, xid: Int64) async throws -> Int64 {
+        try await server.withOwnerConnection { connection in
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                let rows = try await connection.query("SELECT max(seq) FROM realtime.event_log WHERE xid = \(xid)", logger: server.logger)
+                for try await sequence in rows.decode(Int64?.self) { if let sequence { return sequence } }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            throw FaultTimeout(what: "transaction \(xid) to reach the event log", timeout: .seconds(60))
         }
     }
 
