@@ -83,8 +83,8 @@ struct DeliveryCheckerTests {
                     plans[branch, default: []].append(plan)
                 }
             }
-            // Every stream starts from the same cursor: the newest event once setup has reached the log.
-            let start = try await Self.waitForQuiet(server)
+            // Every stream starts from the same cursor: a marker committed after the setup, once it is in the log.
+            let start = try await Self.waitForLogged(server, xid: try await Self.commitMarker(server, plan: plans[branches[0]]![0]))
 
             var watches: [Watch] = []
             for (branch, user, _) in memberships {
@@ -206,10 +206,6 @@ struct DeliveryCheckerTests {
                             client, .put, "/rest/v1/branches/\(branch)/members/\(user)", as: service, json: #"{"role":"viewer"}"#)
                     }
                 }
-                // Statements are sent one after another, but `query` returns before PostgreSQL has committed the last
-                // one: one more statement on the same connection waits for it, so that the log's end read next is the
-                // end of the writes.
-                _ = try await connection.query("SELECT 1", logger: server.logger).collect()
                 return removed
             }
 
@@ -383,33 +379,6 @@ struct DeliveryCheckerTests {
                 try await Task.sleep(for: .milliseconds(50))
             }
             throw FaultTimeout(what: "transaction \(xid) to reach the event log", timeout: .seconds(60))
-        }
-    }
-
-    /// Waits until every transaction committed so far has reached the event log, and returns the newest sequence.
-    ///
-    /// The test cluster runs with `synchronous_commit = off`: a commit returns before its WAL is written, so
-    /// `pg_current_wal_lsn()` alone can stand before the last commits (and the relay cannot see them yet). A transaction
-    /// committed here with `synchronous_commit = on` flushes the WAL up to its own commit record, past every earlier one.
-    static func waitForQuiet(_ server: TestServer) async throws -> Int64 {
-        try await server.withOwnerConnection { connection in
-            try await connection.query("BEGIN", logger: server.logger)
-            try await connection.query("SET LOCAL synchronous_commit = on", logger: server.logger)
-            _ = try await connection.query("SELECT txid_current()", logger: server.logger).collect()
-            try await connection.query("COMMIT", logger: server.logger)
-            var target = ""
-            for try await lsn in try await connection.query("SELECT pg_current_wal_lsn()::text", logger: server.logger).decode(String.self) {
-                target = lsn
-            }
-            let deadline = ContinuousClock.now + .seconds(60)
-            while ContinuousClock.now < deadline {
-                let rows = try await connection.query(
-                    "SELECT confirmed_flush_lsn >= \(target)::pg_lsn, (SELECT coalesce(max(seq), 0) FROM realtime.event_log) FROM pg_replication_slots WHERE database = current_database()",
-                    logger: server.logger)
-                for try await (caughtUp, newest) in rows.decode((Bool, Int64).self) where caughtUp { return newest }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            throw FaultTimeout(what: "the relay to catch up", timeout: .seconds(60))
         }
     }
 }

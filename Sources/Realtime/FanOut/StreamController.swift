@@ -107,18 +107,20 @@ struct StreamController {
                         for await delivery in subscription.deliveries {
                             switch delivery {
                             case .frame, .ephemeral:
+                                // What else is buffered goes out in the same write, up to an end.
                                 var batch = LiveBatch()
                                 batch.append(delivery)
+                                var ended: EndReason?
                                 for more in subscription.deliveries.availableDeliveries(limit: 64) {
                                     if case .end(let reason) = more {
-                                        try await writer.write(contentsOf: SSEFrame.coalesced(batch.frames))
-                                        metrics.framesWritten(batch.frames.count, commitTimes: batch.commitTimes)
-                                        return reason
+                                        ended = reason
+                                        break
                                     }
                                     batch.append(more)
                                 }
                                 try await writer.write(contentsOf: SSEFrame.coalesced(batch.frames))
                                 metrics.framesWritten(batch.frames.count, commitTimes: batch.commitTimes)
+                                if let ended { return ended }
                             case .keepalive:
                                 try await writer.write(SSEFrame.keepalive)
                             case .end(let reason):
