@@ -323,7 +323,7 @@ struct DeliveryCheckerTests {
                 switch event.operation {
                 case .insert: rows[event.table, default: []].insert(PolicyEquivalenceTests.rowID(event))
                 case .delete: rows[event.table]?.remove(PolicyEquivalenceTests.rowID(event))
-                case .update: break
+                case .update, .truncate: break
                 }
             }
             return rows.filter { !$0.value.isEmpty }

@@ -67,6 +67,15 @@ private enum Fixture {
         #"{"id":"\#(UUID().lowercased)","branch_id":"\#(branch.lowercased)","user_id":"\#(user.lowercased)","role":"\#(role.rawValue)"}"#
     }
 
+    /// Alice's memberships across the log, as a replay loads them: a viewer of A since before the log began.
+    static func aliceHistory(coveredThrough: Int64 = 1_000) -> MembershipHistory? {
+        MembershipHistory(
+            userID: alice,
+            intervals: [MembershipHistory.Interval(branchID: branchA, role: .viewer, from: 0, until: nil)],
+            coveredThrough: coveredThrough
+        )
+    }
+
     /// A hub where alice is a member of A, bob of B, and the plans' branches are known.
     static func hub(bufferLimit: Int = Hub.defaultBufferLimit) -> Hub {
         let hub = Hub(bufferLimit: bufferLimit)
@@ -81,7 +90,7 @@ private enum Fixture {
         var events: [ChangeEvent] = []
         var next = sequence
         for table in ["plan", "task", "status_history", "attachment", "client_card"] {
-            for operation in ChangeEvent.Operation.allCases {
+            for operation in [ChangeEvent.Operation.insert, .update, .delete] {
                 let isDelete = operation == .delete
                 events.append(
                     event(next, table, operation, branch: branch, plan: plan, record: isDelete ? "{}" : row, oldRecord: isDelete ? row : "{}")
@@ -111,6 +120,12 @@ extension Delivery {
     }
 
     fileprivate var channels: [String]? { json?["channels"] as? [String] }
+
+    /// The text of an ephemeral frame (presence, broadcast), or nil for other deliveries.
+    fileprivate var frameText: String? {
+        guard case .ephemeral(let bytes) = self else { return nil }
+        return String(buffer: bytes)
+    }
 
     /// The `id:` of a frame.
     fileprivate var frameID: String? {
@@ -195,7 +210,9 @@ extension Subscription {
     @Test func aMoveBetweenPlansIsADeleteInTheOldPlanAndAnInsertInTheNew() {
         let newPlan = Fixture.planA2
         let record = Fixture.taskRow(branch: branch, plan: newPlan)
-        let event = Fixture.event(7, "task", .update, branch: branch, plan: newPlan, oldPlan: plan, record: record, oldRecord: #"{"plan_id":"x"}"#)
+        let event = Fixture.event(
+            7, "task", .update, branch: branch, plan: newPlan, oldPlan: plan, record: record,
+            oldRecord: #"{"plan_id":"\#(plan.lowercased)","title":"Before"}"#)
         #expect(
             Channel.deliveries(of: event) == [
                 ChannelDelivery(channel: .plan(newPlan), operation: .insert, branchID: branch),
@@ -207,7 +224,12 @@ extension Subscription {
         #expect(moveOut.operation == .delete)
         #expect(moveOut.planID == plan)
         #expect(moveOut.record == "{}")
-        #expect(moveOut.oldRecord == record)
+        // The whole row as it was before the move: its old plan and the old value of a column changed with it.
+        let before = try? JSONSerialization.jsonObject(with: Data(moveOut.oldRecord.utf8)) as? [String: String]
+        #expect(
+            before == [
+                "id": Fixture.taskA.lowercased, "branch_id": branch.lowercased, "plan_id": plan.lowercased, "status": "taken", "title": "Before",
+            ])
         #expect(moveOut.oldPlanID == nil)
         let moveIn = event.delivered(as: .insert)
         #expect(moveIn.operation == .insert)
@@ -363,8 +385,11 @@ extension Subscription {
         let options = try SubscriptionOptions(parameters: [("filter", "status=eq.done")])
         let event = Fixture.event(1, "task", .delete, branch: Fixture.branchA, record: #"{"status":"taken"}"#, oldRecord: #"{"status":"done"}"#)
         #expect(options.matches(event, operation: .delete))
+        // A move-out DELETE is filtered on the row as it was before the move, as the channel it leaves knew it.
         let moveOut = Fixture.event(2, "task", .update, branch: Fixture.branchA, record: #"{"status":"done"}"#, oldRecord: #"{"status":"taken"}"#)
-        #expect(options.matches(moveOut, operation: .delete))
+        #expect(!options.matches(moveOut, operation: .delete))
+        let doneBefore = Fixture.event(3, "task", .update, branch: Fixture.branchA, record: #"{"status":"taken"}"#, oldRecord: #"{"status":"done"}"#)
+        #expect(options.matches(doneBefore, operation: .delete))
     }
 
     @Test func readsTimestampShapes() {
@@ -519,11 +544,13 @@ extension Subscription {
         hub.publish([
             Fixture.event(
                 9, "task", .update, branch: Fixture.branchA, plan: Fixture.planA2, oldPlan: Fixture.planA, record: record,
-                oldRecord: #"{"plan_id":"x"}"#)
+                oldRecord: #"{"plan_id":"\#(Fixture.planA.lowercased)"}"#)
         ])
         let deleted = oldPlan.buffered()
         #expect(deleted.map(\.operation) == ["DELETE"])
-        #expect((deleted.first?.json?["old_record"] as? [String: Any])?["plan_id"] as? String == Fixture.planA2.lowercased)
+        // The row as it was: the old plan learns nothing of where it went.
+        #expect((deleted.first?.json?["old_record"] as? [String: Any])?["plan_id"] as? String == Fixture.planA.lowercased)
+        #expect(deleted.first?.frame?.text.contains(Fixture.planA2.lowercased) == false)
         #expect((deleted.first?.json?["record"] as? [String: Any])?.isEmpty == true)
         #expect(newPlan.buffered().map(\.operation) == ["INSERT"])
         let updated = bothPlans.buffered()
@@ -590,18 +617,43 @@ extension Subscription {
         #expect(alice.sequences() == [2])
     }
 
-    @Test func learnedMembershipsAddAccessButNeverReviveARemovedOne() throws {
+    @Test func databaseMembershipsAdmitButNeverReviveARemovedOne() throws {
         let hub = Fixture.hub()
-        hub.learnMemberships(of: Fixture.alice, Memberships([Fixture.branchA: .admin, Fixture.branchB: .viewer]))
-        #expect(hub.memberships(of: Fixture.alice) == Memberships([Fixture.branchA: .viewer, Fixture.branchB: .viewer]))
-        let inB = try hub.subscribe(principal: .user(Fixture.alice), channels: [.branch(Fixture.branchB)])
+        let database = Memberships([Fixture.branchA: .admin, Fixture.branchB: .viewer])
+        let inB = try hub.subscribe(principal: .user(Fixture.alice), channels: [.branch(Fixture.branchB)], admittedWith: database)
+        // Admission changes nothing the feed knows: memberships come from the feed alone.
+        #expect(hub.memberships(of: Fixture.alice) == Memberships([Fixture.branchA: .viewer]))
         let row = Fixture.memberRow(user: Fixture.alice, branch: Fixture.branchB)
-        hub.publish([Fixture.event(1, "branch_member", .delete, branch: Fixture.branchB, oldRecord: row)])
+        hub.publish([Fixture.event(1, "branch_member", .insert, branch: Fixture.branchB, record: row)])
+        #expect(inB.sequences() == [1])
+        hub.publish([Fixture.event(2, "branch_member", .delete, branch: Fixture.branchB, oldRecord: row)])
         #expect(inB.buffered() == [.end(reason: .revoked)])
-        hub.learnMemberships(of: Fixture.alice, Memberships([Fixture.branchB: .viewer]))
-        #expect(hub.memberships(of: Fixture.alice).role(in: Fixture.branchB) == nil)
-        hub.publish([Fixture.event(2, "branch_member", .insert, branch: Fixture.branchB, record: row)])
+        // A database read that predates the removal admits nothing of that branch.
+        #expect(throws: APIError.self) {
+            try hub.subscribe(
+                principal: .user(Fixture.alice), channels: [.branch(Fixture.branchB)], admittedWith: Memberships([Fixture.branchB: .viewer]))
+        }
+        hub.publish([Fixture.event(3, "branch_member", .insert, branch: Fixture.branchB, record: row)])
         #expect(hub.memberships(of: Fixture.alice).role(in: Fixture.branchB) == .viewer)
+        _ = try hub.subscribe(
+            principal: .user(Fixture.alice), channels: [.branch(Fixture.branchB)], admittedWith: Memberships([Fixture.branchB: .viewer]))
+    }
+
+    @Test func aMembershipTheDatabaseHasButTheFeedHasNotReachedShowsNoEarlierEvent() throws {
+        let hub = Fixture.hub()
+        // The database already has Alice in branch B; the feed has not reached the grant yet.
+        let alice = try hub.subscribe(
+            principal: .user(Fixture.alice),
+            channels: [.branch(Fixture.branchB)],
+            admittedWith: Memberships([Fixture.branchA: .viewer, Fixture.branchB: .viewer])
+        )
+        let row = Fixture.memberRow(user: Fixture.alice, branch: Fixture.branchB)
+        hub.publish([
+            Fixture.task(1, branch: Fixture.branchB, plan: Fixture.planB),
+            Fixture.event(2, "branch_member", .insert, branch: Fixture.branchB, record: row),
+            Fixture.task(3, branch: Fixture.branchB, plan: Fixture.planB),
+        ])
+        #expect(alice.sequences() == [2, 3])
     }
 
     @Test func aMembershipUpdateToAnotherBranchMovesAccess() throws {
@@ -685,7 +737,8 @@ extension Subscription {
         let resumed = try #require(Cursor("11~\(Self.snapshotText)"))
         let again = try hub.subscribe(
             principal: .user(Fixture.alice), channels: [.branch(Fixture.branchA)], after: resumed.sequence, snapshot: resumed.snapshot)
-        let replayed = hub.catchUp(again.id, with: Self.eventsAroundASnapshot().filter { $0.sequence > resumed.sequence })
+        var history = Fixture.aliceHistory()
+        let replayed = hub.catchUp(again.id, with: Self.eventsAroundASnapshot().filter { $0.sequence > resumed.sequence }, history: &history)
         #expect(replayed.compactMap(\.frameID) == ["13~\(Self.snapshotText)", "15"])
     }
 
@@ -696,7 +749,8 @@ extension Subscription {
             principal: .user(Fixture.alice), channels: [.branch(Fixture.branchA)], after: 10, snapshot: Self.snapshot)
         // The tail publishes 14 and 15 while the stream still replays 11 to 14 from the log.
         hub.publish(Array(events.suffix(2)))
-        let replayed = hub.catchUp(subscription.id, with: Array(events.prefix(4)))
+        var history = Fixture.aliceHistory()
+        let replayed = hub.catchUp(subscription.id, with: Array(events.prefix(4)), history: &history)
         #expect(replayed.compactMap(\.frameID) == ["11~\(Self.snapshotText)", "13~\(Self.snapshotText)"])
         #expect(subscription.buffered().compactMap(\.frameID) == ["15"])
     }
@@ -767,10 +821,111 @@ extension Subscription {
             [9, 11, 12, 13, 14].map { Fixture.task($0, branch: Fixture.branchA, plan: Fixture.planA) } + [
                 Fixture.task(14, branch: Fixture.branchB, plan: Fixture.planB)
             ]
-        let caughtUp = hub.catchUp(subscription.id, with: logged)
+        var history = Fixture.aliceHistory()
+        let caughtUp = hub.catchUp(subscription.id, with: logged, history: &history)
         #expect(caughtUp.compactMap { $0.frame?.sequence } == [11, 12, 13, 14])
         hub.publish([Fixture.task(16, branch: Fixture.branchA, plan: Fixture.planA)])
         #expect(subscription.sequences() == [15, 16])
+    }
+
+    @Test func aReplayShowsEachEventByTheMembershipsOfItsPosition() throws {
+        let hub = Fixture.hub()
+        let subscription = try hub.subscribe(principal: .user(Fixture.alice), channels: [.branch(Fixture.branchA)], after: 0)
+        // Alice joined A at 3, left at 5, came back at 7: the log's intervals as loaded, accounting for events up to 8.
+        var history: MembershipHistory? = MembershipHistory(
+            userID: Fixture.alice,
+            intervals: [
+                .init(branchID: Fixture.branchA, role: .viewer, from: 3, until: 5),
+                .init(branchID: Fixture.branchA, role: .viewer, from: 7, until: nil),
+            ],
+            coveredThrough: 8
+        )
+        let caughtUp = hub.catchUp(
+            subscription.id, with: (1...8).map { Fixture.task($0, branch: Fixture.branchA, plan: Fixture.planA) }, history: &history)
+        #expect(caughtUp.compactMap { $0.frame?.sequence } == [3, 4, 7, 8])
+    }
+
+    @Test func aReplayThatReadsPastWhatWasLoadedAppliesGrantsAndEndsAtTheUsersRevocation() throws {
+        let hub = Fixture.hub()
+        let subscription = try hub.subscribe(principal: .user(Fixture.alice), channels: [.branch(Fixture.branchA)], after: 0)
+        var history = Fixture.aliceHistory(coveredThrough: 2)
+        let row = Fixture.memberRow(user: Fixture.alice, branch: Fixture.branchA)
+        let bobRow = Fixture.memberRow(user: Fixture.bob, branch: Fixture.branchA)
+        let caughtUp = hub.catchUp(
+            subscription.id,
+            with: [
+                Fixture.task(2, branch: Fixture.branchA, plan: Fixture.planA),
+                Fixture.event(3, "branch_member", .insert, branch: Fixture.branchA, record: bobRow),
+                Fixture.task(4, branch: Fixture.branchA, plan: Fixture.planA),
+                Fixture.event(5, "branch_member", .delete, branch: Fixture.branchA, oldRecord: row),
+                Fixture.task(6, branch: Fixture.branchA, plan: Fixture.planA),
+            ],
+            history: &history
+        )
+        #expect(caughtUp.compactMap { $0.frame?.sequence } == [2, 3, 4])
+        #expect(subscription.buffered() == [.end(reason: .revoked)])
+        #expect(history?.memberships(at: 6) == Memberships())
+    }
+
+    @Test func aTruncateResetsTheStreamsOfItsTableAndOfMembersRevokesEveryUser() throws {
+        let hub = Fixture.hub()
+        let branchStream = try hub.subscribe(principal: .user(Fixture.alice), channels: [.branch(Fixture.branchA)])
+        let cardsOnly = try hub.subscribe(
+            principal: .user(Fixture.bob), channels: [.plan(Fixture.planB)], options: try SubscriptionOptions(tables: ["task"]))
+        let service = try hub.subscribe(principal: .service(actingUser: nil), channels: [.branch(Fixture.branchB)])
+        let serviceTasks = try hub.subscribe(principal: .service(actingUser: nil), channels: [.plan(Fixture.planB)])
+        hub.publish([Fixture.event(1, "client_card", .truncate, branch: nil)])
+        #expect(branchStream.buffered() == [.end(reason: .reset)])
+        #expect(service.buffered() == [.end(reason: .reset)])
+        // A plan channel carries no client cards, and a stream of tasks only wants none.
+        #expect(cardsOnly.buffered().isEmpty)
+        #expect(serviceTasks.buffered().isEmpty)
+
+        hub.publish([Fixture.event(2, "branch_member", .truncate, branch: nil)])
+        #expect(cardsOnly.buffered() == [.end(reason: .revoked)])
+        #expect(serviceTasks.buffered().isEmpty)
+        #expect(hub.memberships(of: Fixture.bob) == Memberships())
+        #expect(throws: APIError.self) {
+            try hub.subscribe(principal: .user(Fixture.bob), channels: [.plan(Fixture.planB)], admittedWith: Memberships([Fixture.branchB: .editor]))
+        }
+    }
+
+    @Test func presenceAndBroadcastReachOnlyThoseWhoMayReadThePlanNow() throws {
+        let hub = Fixture.hub()
+        let alice = try hub.subscribe(principal: .user(Fixture.alice), channels: [.presence(plan: Fixture.planA), .plan(Fixture.planA)])
+        let watcher = try hub.subscribe(principal: .service(actingUser: nil), channels: [.presence(plan: Fixture.planA), .plan(Fixture.planA)])
+        hub.presenceHeartbeat(
+            PresenceEntry(
+                planID: Fixture.planA, userID: Fixture.alice, state: PresenceState(action: .viewing), onlineSince: Date(), lastSeen: Date(), node: "n"
+            ))
+        #expect(alice.buffered().count == 2)  // the sync frame and the join
+        _ = watcher.buffered()
+
+        // The plan moves to branch B, where Alice is no member: her streams of it end, and she leaves its presence.
+        let moved = Fixture.event(
+            1, "plan", .update, branch: Fixture.branchB, plan: Fixture.planA, oldBranch: Fixture.branchA,
+            record: #"{"id":"\#(Fixture.planA.lowercased)","branch_id":"\#(Fixture.branchB.lowercased)"}"#,
+            oldRecord: #"{"branch_id":"\#(Fixture.branchA.lowercased)"}"#)
+        hub.publish([moved])
+        #expect(alice.buffered() == [.end(reason: .revoked)])
+        #expect(hub.presences(on: Fixture.planA).isEmpty)
+        #expect(watcher.buffered().contains { $0.frameText?.contains("leave") == true })
+
+        // Bob (a member of B) hears heartbeats and broadcasts now; a stream kept by a user who lost access hears none.
+        let bob = try hub.subscribe(principal: .user(Fixture.bob), channels: [.presence(plan: Fixture.planA), .plan(Fixture.planA)])
+        _ = bob.buffered()
+        // Bob, admitted to a plan of A by a membership the feed has not brought yet, hears nothing of it before the grant.
+        let early = try hub.subscribe(
+            principal: .user(Fixture.bob), channels: [.plan(Fixture.planA2)], admittedWith: Memberships([Fixture.branchA: .viewer]))
+        hub.broadcast(BroadcastMessage(planID: Fixture.planA2, userID: Fixture.alice, event: "e", payloadJSON: "{}"))
+        #expect(early.buffered().isEmpty)
+        hub.publish([
+            Fixture.event(2, "branch_member", .insert, branch: Fixture.branchA, record: Fixture.memberRow(user: Fixture.bob, branch: Fixture.branchA))
+        ])
+        hub.broadcast(BroadcastMessage(planID: Fixture.planA2, userID: Fixture.alice, event: "e", payloadJSON: "{}"))
+        #expect(early.buffered().count == 1)
+        hub.broadcast(BroadcastMessage(planID: Fixture.planA, userID: Fixture.bob, event: "e", payloadJSON: "{}"))
+        #expect(bob.buffered().count == 1)
     }
 
     @Test func keepalivesGoToIdleSubscribersOnly() throws {

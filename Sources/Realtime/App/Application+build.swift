@@ -37,7 +37,7 @@ public func buildApplication(
     let presence = PresenceService(hub: hub, bus: bus, ttl: .seconds(configuration.presenceTTLSeconds), logger: logger)
     PresenceController(
         presence: presence,
-        access: ChannelAccess(hub: hub, database: database, cacheIsCurrent: configuration.changeFeedEnabled),
+        access: ChannelAccess(hub: hub, database: database),
         tokens: tokens,
         heartbeatLimiter: RateLimiter(rate: configuration.presenceRate, burst: Double(configuration.presenceBurst)),
         broadcastLimiter: RateLimiter(rate: configuration.presenceRate, burst: Double(configuration.presenceBurst))

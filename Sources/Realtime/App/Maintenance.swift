@@ -35,6 +35,11 @@ struct Maintenance: Service {
                     "DELETE FROM realtime.event_log WHERE commit_time < now() - make_interval(secs => \(seconds))",
                     logger: logger
                 )
+                // Memberships that ended at or before the oldest event left say nothing about any event a replay can see.
+                try await client.rowsIfOpen(
+                    "DELETE FROM realtime.membership_interval WHERE until_seq <= (SELECT coalesce(min(seq), 0) FROM realtime.event_log)",
+                    logger: logger
+                )
             } catch {
                 logger.warning("pruning the event log failed", metadata: ["error": "\(String(reflecting: error))"])
             }

@@ -9,6 +9,8 @@ public struct ChangeEvent: Sendable, Equatable {
         case insert = "INSERT"
         case update = "UPDATE"
         case delete = "DELETE"
+        /// Every row of the table was removed at once. Logged with no row; delivered as a `reset`, never as a change.
+        case truncate = "TRUNCATE"
     }
 
     public var sequence: Int64

@@ -31,6 +31,10 @@ public enum EventLog {
             let lsn = LogicalReplicationStream.formatLSN(transaction.commitLSN)
             for (index, change) in transaction.changes.enumerated() {
                 guard change.schema == "public", let locators = tables[change.table] else { continue }
+                guard change.operation != .truncate else {
+                    batch.appendTruncate(of: change.table, lsn: lsn, index: index, in: transaction)
+                    continue
+                }
                 let newRow = row(change.columns, change.newValues)
                 let oldRow = row(change.columns, change.oldValues)
                 let current = change.operation == .delete ? oldRow : newRow
@@ -91,6 +95,20 @@ public enum EventLog {
         var oldRows: [String] = []
         /// Each an array of column names as JSON text.
         var changedColumns: [String] = []
+
+        /// A TRUNCATE: an event of the table with no row and no place.
+        mutating func appendTruncate(of table: String, lsn: String, index: Int, in transaction: WALTransaction) {
+            lsns.append(lsn)
+            indexes.append(index)
+            xids.append(Int64(transaction.xid))
+            commitTimes.append(transaction.commitTime)
+            tableNames.append(table)
+            operations.append(ChangeEvent.Operation.truncate.rawValue)
+            for column in places.indices { places[column].append("") }
+            newRows.append("{}")
+            oldRows.append("{}")
+            changedColumns.append("[]")
+        }
     }
 
     /// A row's JSON as the REST API shows it: PostgreSQL turns the WAL's text values into the table's types.
@@ -108,9 +126,10 @@ public enum EventLog {
         SELECT c.lsn::pg_lsn, c.tx_index, c.xid, c.commit_time, c.table_name, c.op,
                NULLIF(c.branch, '')::uuid, NULLIF(c.plan, '')::uuid, NULLIF(c.task, '')::uuid,
                NULLIF(c.old_branch, '')::uuid, NULLIF(c.old_plan, '')::uuid,
-               CASE WHEN c.op = 'DELETE' THEN '{}'::json ELSE \(typedRecord("c.new_row::json")) END,
+               CASE WHEN c.op IN ('DELETE', 'TRUNCATE') THEN '{}'::json ELSE \(typedRecord("c.new_row::json")) END,
                CASE c.op
                    WHEN 'INSERT' THEN '{}'::json
+                   WHEN 'TRUNCATE' THEN '{}'::json
                    WHEN 'DELETE' THEN \(typedRecord("c.old_row::json"))
                    ELSE coalesce((SELECT json_object_agg(key, value) FROM json_each(\(typedRecord("c.old_row::json")))
                                   WHERE key IN (SELECT json_array_elements_text(c.changed::json))), '{}'::json)
@@ -162,6 +181,63 @@ public enum EventLog {
         )
         return try rows.map(event(from:))
     }
+
+    /// The events of some channels after `cursor`, in order, at most `limit`, and how far the log was read: a replay
+    /// (resume, poll) reads only its own channels' events, through the log's indexes, so its work grows with what the
+    /// caller may see, not with the whole log of every branch.
+    ///
+    /// A channel's events are those whose row is, or was before a move, in its branch or plan. With them come the
+    /// `branch_member` events of `memberBranches` (the subscription's branches, so that a replay applies every grant
+    /// and revocation in order) and every TRUNCATE. `readThrough` is the newest sequence that no further read after
+    /// `cursor` can add to: the last event when `limit` were found, else the log's head as it was before the read.
+    static func read(
+        after cursor: Int64,
+        limit: Int,
+        channels: Set<Channel>,
+        memberBranches: Set<UUID>,
+        client: PostgresClient,
+        logger: Logger
+    ) async throws -> (events: [ChangeEvent], readThrough: Int64) {
+        let head = try await newestSequence(client: client, logger: logger)
+        var branches: [UUID] = []
+        var plans: [UUID] = []
+        for channel in channels {
+            switch channel {
+            case .branch(let id): branches.append(id)
+            case .plan(let id): plans.append(id)
+            case .presence: break
+            }
+        }
+        var bindings = PostgresBindings()
+        bindings.append(cursor)
+        bindings.append(limit)
+        bindings.append(branches)
+        bindings.append(plans)
+        bindings.append(Array(memberBranches))
+        let rows = try await client.rowsIfOpen(PostgresQuery(unsafeSQL: channelReadSQL, binds: bindings), logger: logger)
+        let events = try rows.map(event(from:))
+        let readThrough = events.count >= limit ? events.last?.sequence ?? cursor : max(head, events.last?.sequence ?? cursor, cursor)
+        return (events, readThrough)
+    }
+
+    /// One ordered, limited index scan per channel and per locating column, merged: see ``read(after:limit:channels:memberBranches:client:logger:)``.
+    private static let channelReadSQL = """
+        WITH wanted AS (
+            SELECT s.seq FROM unnest($3::uuid[]) AS c(id),
+                LATERAL (SELECT seq FROM realtime.event_log WHERE branch_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) s
+            UNION SELECT s.seq FROM unnest($3::uuid[]) AS c(id),
+                LATERAL (SELECT seq FROM realtime.event_log WHERE old_branch_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) s
+            UNION SELECT s.seq FROM unnest($4::uuid[]) AS c(id),
+                LATERAL (SELECT seq FROM realtime.event_log WHERE plan_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) s
+            UNION SELECT s.seq FROM unnest($4::uuid[]) AS c(id),
+                LATERAL (SELECT seq FROM realtime.event_log WHERE old_plan_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) s
+            UNION SELECT s.seq FROM unnest($5::uuid[]) AS c(id),
+                LATERAL (SELECT seq FROM realtime.event_log
+                         WHERE branch_id = c.id AND table_name = 'branch_member' AND seq > $1 ORDER BY seq LIMIT $2) s
+            UNION SELECT seq FROM (SELECT seq FROM realtime.event_log WHERE op = 'TRUNCATE' AND seq > $1 ORDER BY seq LIMIT $2) t
+        )
+        SELECT \(selectColumns) FROM realtime.event_log WHERE seq IN (SELECT seq FROM wanted ORDER BY seq LIMIT $2) ORDER BY seq
+        """
 
     /// The newest sequence number in the log (0 when empty).
     public static func newestSequence(client: PostgresClient, logger: Logger) async throws -> Int64 {

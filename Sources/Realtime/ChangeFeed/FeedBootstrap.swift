@@ -5,15 +5,11 @@ import ServiceLifecycle
 
 /// What the fan-out must know before it follows the log: every membership and every plan's branch.
 enum FeedBootstrap {
-    /// Reads the log head first, then the caches: events after the head update the caches again, so nothing is lost
-    /// between the two reads.
+    /// Reads the memberships as they were at the log's head, with that head, in one statement (the log's own record of
+    /// them, so not one grant is known before its event), then the plans: events after the head update the caches
+    /// again, so nothing is lost between the reads.
     static func load(into hub: Hub, client: PostgresClient, logger: Logger) async throws -> Int64 {
-        let head = try await EventLog.newestSequence(client: client, logger: logger)
-        var memberships: [UUID: Memberships] = [:]
-        for row in try await client.rowsIfOpen("SELECT user_id, branch_id, role FROM branch_member", logger: logger) {
-            let (user, branch, role) = try row.decode((UUID, UUID, String).self)
-            if let role = MemberRole(rawValue: role) { memberships[user, default: Memberships()].roles[branch] = role }
-        }
+        let (head, memberships) = try await MembershipHistory.current(client: client, logger: logger)
         var plans: [UUID: UUID] = [:]
         for row in try await client.rowsIfOpen("SELECT id, branch_id FROM plan", logger: logger) {
             let (plan, branch) = try row.decode((UUID, UUID).self)

@@ -162,7 +162,7 @@ public final class LogicalReplicationStream: Sendable {
     /// Every call opens a new connection. The stream finishes with an error when the connection breaks (the caller
     /// reconnects by calling this again; the confirmed position is kept) and without one after `stop()` or when its consumer
     /// goes away. A slot streamed by another connection fails with `sqlState` `55006` (`ReplicationError.slotInUse`).
-    /// Transactions without row changes (e.g. only a TRUNCATE) are not delivered.
+    /// Transactions without row changes or TRUNCATEs (e.g. of tables outside the publication) are not delivered.
     public func transactions() -> AsyncThrowingStream<WALTransaction, any Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: WALTransaction.self, throwing: (any Error).self)
         let control: SessionControl
@@ -502,7 +502,7 @@ private final class ReplicationSession {
                     metadata: ["replication.columns": "\(unresolved.joined(separator: ","))"]
                 )
             case .truncate(let relations, _):
-                logger.warning("ignoring a TRUNCATE of \(relations.joined(separator: ", "))")
+                logger.notice("TRUNCATE of \(relations.joined(separator: ", ")): logged, and its channels' streams reset")
             case .relation(let relation):
                 logger.trace("relation \(relation.oid) is \(relation.schema).\(relation.name)")
             default:

@@ -39,6 +39,14 @@ public struct WALRowChange: Sendable, Equatable {
     }
 }
 
+extension WALRowChange {
+    /// `schema.table` as a Truncate message names a relation, split at the first dot (a bare OID has no schema).
+    static func split(_ relation: String) -> (schema: String, table: String) {
+        guard let dot = relation.firstIndex(of: ".") else { return ("", relation) }
+        return (String(relation[..<dot]), String(relation[relation.index(after: dot)...]))
+    }
+}
+
 /// One committed transaction, with its row changes in the order they were made.
 public struct WALTransaction: Sendable, Equatable {
     public var xid: UInt32
@@ -317,7 +325,16 @@ struct WALTransactionAssembler {
             transaction.endLSN = endLSN
             transaction.commitTime = commitTime
             return transaction
-        case .relation, .truncate, .origin, .type, .message:
+        case .truncate(let relations, _):
+            guard current != nil else { throw ReplicationError("a Truncate message arrived outside a transaction") }
+            for relation in relations {
+                let (schema, table) = WALRowChange.split(relation)
+                current?.changes.append(
+                    WALRowChange(schema: schema, table: table, operation: .truncate, columns: [], typeOIDs: [], newValues: nil, oldValues: nil)
+                )
+            }
+            return nil
+        case .relation, .origin, .type, .message:
             return nil
         }
     }

@@ -114,7 +114,20 @@ public struct Relay: Service {
             // A checkpoint logs the running transactions, which slot creation waits for; without the right, it waits.
             try? await Self.whileOpen(connection) { _ = try await connection.queryIfOpen("CHECKPOINT", logger: logger) }
         })
-        if created { logger.info("created the replication slot", metadata: ["slot": "\(slot)"]) }
+        if created {
+            logger.info("created the replication slot", metadata: ["slot": "\(slot)"])
+            // The log has none of the changes made before the slot: bring its memberships in line with the table.
+            let appended = try await Self.whileOpen(connection) { [logger] in
+                let rows = try await connection.queryIfOpen("SELECT realtime.reconcile_memberships()", logger: logger)
+                var appended = 0
+                for try await count in rows.decode(Int.self) { appended = count }
+                if appended > 0 {
+                    try await connection.queryIfOpen("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
+                }
+                return appended
+            }
+            if appended > 0 { logger.notice("logged memberships made while the change feed was off", metadata: ["events": "\(appended)"]) }
+        }
         defer { stream.stop() }
         attempt.startedRelaying()
         let pending = PendingTransactions()

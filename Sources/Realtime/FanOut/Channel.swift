@@ -98,6 +98,16 @@ public enum Channel: Hashable, Sendable, CustomStringConvertible {
         return deliveries.filter(\.channel.isPlan) + deliveries.filter { !$0.channel.isPlan }
     }
 
+    /// Whether rows of the table stream on this channel: a branch's carries every table, a plan's the plan-scoped ones,
+    /// a presence channel none.
+    func carries(table: String) -> Bool {
+        switch self {
+        case .branch: true
+        case .plan: Self.planScopedTables.contains(table)
+        case .presence: false
+        }
+    }
+
     var isPlan: Bool {
         if case .plan = self { return true }
         return false

@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Logging
 import PostgresNIO
 
@@ -8,13 +9,11 @@ import PostgresNIO
 struct ChannelAccess: Sendable {
     let hub: Hub
     let database: Database
-    /// Whether the hub's membership cache is kept current by the change feed, so that an allowed answer from it can be
-    /// trusted without asking the database.
-    let cacheIsCurrent: Bool
 
-    /// Refuses channels the caller cannot see, and makes sure the hub knows the plans and the memberships the database
-    /// knows — a plan or a membership created a moment ago may not have reached the hub yet. Returns the caller's
-    /// memberships as the database has them.
+    /// Refuses channels the caller cannot see, and makes sure the hub knows the plans the database knows — a plan
+    /// created a moment ago may not have reached the hub yet. Returns the caller's memberships as the database has them,
+    /// to admit the subscription with (``Hub/subscribe(principal:channels:options:expiresAt:after:snapshot:admittedWith:)``):
+    /// the hub itself learns memberships only from the feed, in log order.
     @discardableResult
     func check(_ principal: Principal, _ channels: Set<Channel>) async throws -> Memberships {
         try await database.withRequestTransaction(as: principal) { transaction in
@@ -37,21 +36,24 @@ struct ChannelAccess: Sendable {
                     hub.setPlanBranches([plan: branch])
                 }
             }
-            if case .user(let user) = principal { hub.learnMemberships(of: user, memberships) }
             return memberships
         }
     }
 
-    /// Whether the principal may read a plan: from the hub's cache when that is current and says yes (a heartbeat
-    /// every few seconds per user should not cost a transaction), from the database otherwise.
+    /// Whether the principal may read a plan, asked of the database every time (a presence heartbeat, a leave, a
+    /// broadcast or a presence list): the hub's cache follows the feed, which may lag behind a revocation.
     ///
-    /// - Throws: `APIError` 404 when the plan is missing or not visible.
+    /// - Throws: `APIError` 404 when the plan is missing or not visible; 403 `forbidden` when the database refuses a
+    ///   user who was a member of the plan's branch as far as the feed knows (the membership was revoked: they know the
+    ///   plan exists, and are told why they are refused).
     func checkPlan(_ principal: Principal, _ plan: UUID) async throws {
-        if cacheIsCurrent, let branch = hub.branch(ofPlan: plan) {
-            let memberships: Memberships
-            if case .user(let user) = principal { memberships = hub.memberships(of: user) } else { memberships = Memberships() }
-            if Policy.decide(principal, memberships, .read, .plan, inBranch: branch) == .allowed { return }
+        do {
+            try await check(principal, [.plan(plan)])
+        } catch let error as APIError where error.status == .notFound {
+            guard case .user(let user) = principal, let branch = hub.branch(ofPlan: plan), hub.knows(user, asMemberOf: branch) else {
+                throw error
+            }
+            throw APIError.forbidden("Your membership of this plan's branch was removed.")
         }
-        try await check(principal, [.plan(plan)])
     }
 }

@@ -10,6 +10,8 @@ public enum EndReason: Sendable, Equatable, CaseIterable {
     case slowConsumer
     /// The hub shut down.
     case shutdown
+    /// A table of its channels was emptied at once (TRUNCATE): what the subscriber holds is stale; it loads a snapshot.
+    case reset
 }
 
 /// What a subscriber reads from its stream.

@@ -13,6 +13,8 @@ struct EventFanOut {
     private let resource: Resource
     private var newRow: LazyRow
     private var oldRow: LazyRow
+    /// For a move-out DELETE: the row as it was before the change, decoded only if a filter needs it.
+    private var rowBeforeMove: LazyRow?
     private var frames: [(operation: ChangeEvent.Operation, mask: UInt8, bytes: ByteBuffer)] = []
 
     init(_ event: ChangeEvent) {
@@ -67,10 +69,19 @@ struct EventFanOut {
         }
         guard readable != 0 else { return nil }
         let operation: ChangeEvent.Operation = before && after ? .update : before ? .delete : .insert
-        let wanted =
-            operation == .delete && event.operation == .delete
-            ? options.matches(table: event.table, operation: operation, row: &oldRow)
-            : options.matches(table: event.table, operation: operation, row: &newRow)
+        let wanted: Bool
+        switch (operation, event.operation) {
+        case (.delete, .delete):
+            wanted = options.matches(table: event.table, operation: operation, row: &oldRow)
+        case (.delete, _):
+            guard options.admits(table: event.table, operation: operation) else { return nil }
+            guard options.hasFilters else { return (operation, readable) }
+            var before = rowBeforeMove ?? LazyRow(text: event.rowBeforeChange)
+            wanted = options.matches(table: event.table, operation: operation, row: &before)
+            rowBeforeMove = before
+        default:
+            wanted = options.matches(table: event.table, operation: operation, row: &newRow)
+        }
         return wanted ? (operation, readable) : nil
     }
 

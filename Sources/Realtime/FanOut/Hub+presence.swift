@@ -63,11 +63,15 @@ extension Hub {
 }
 
 extension HubState {
-    /// Offers an ephemeral frame to every subscriber of a channel; one whose buffer is full is ended as slow.
+    /// Offers an ephemeral frame to every subscriber of a channel that may read the channel's plan now (the plan's
+    /// branch and the memberships as the feed has brought them, as for change frames); one whose buffer is full is
+    /// ended as slow.
     mutating func fanOutEphemeral(_ frame: ByteBuffer, on channel: Channel, logger: Logger) {
         guard let subscribers = index[channel] else { return }
+        let branch = channel.planID.flatMap { planBranches[$0] }
         var ended: [(Subscriber, EndReason?)] = []
         for subscriber in subscribers.values {
+            guard mayRead(plan: branch, subscriber.principal) else { continue }
             switch subscriber.mailbox.offerEphemeral(frame) {
             case .accepted: break
             case .full: ended.append((subscriber, .slowConsumer))
@@ -81,5 +85,11 @@ extension HubState {
                 _ = remove(subscriber.id)
             }
         }
+    }
+
+    /// Whether a principal may read a plan in `branch` now; a plan of no known branch only the service role reads.
+    func mayRead(plan branch: UUID?, _ principal: Principal) -> Bool {
+        guard let branch else { return principal.isService }
+        return Policy.decide(principal, memberships(of: principal), .read, .plan, inBranch: branch) == .allowed
     }
 }

@@ -9,7 +9,9 @@ import Synchronization
 /// and read their ``Subscription/deliveries``. Subscribers are indexed by channel, so an event costs work only for the
 /// subscribers of its channels. The hub keeps its own copy of who is a member of which branch, and of which branch each
 /// plan is in, loaded at start (``setMemberships(_:)``, ``setPlanBranches(_:)``) and kept current by the `plan` and
-/// `branch_member` events it publishes. State sits behind one lock: publishing is one task, subscribing many.
+/// `branch_member` events it publishes — and only by them: so that at each event, the cache says who was a member at
+/// that event's position in the log, and no one receives an event of a branch before the event that made them a
+/// member of it. State sits behind one lock: publishing is one task, subscribing many.
 public final class Hub: Sendable {
     /// The default number of frames a subscriber may have unread before it is ended as slow.
     public static let defaultBufferLimit = 1024
@@ -43,27 +45,23 @@ public final class Hub: Sendable {
         }
     }
 
-    /// Adds memberships of one user read from the database that the cache lacks, e.g. one created a moment ago whose
-    /// event has not reached the hub yet. Roles of known memberships are kept.
-    ///
-    /// The change feed stays authoritative for removals: a membership whose removal the hub has applied is not added
-    /// back this way (the database read may predate the removal), only by a later `branch_member` event. At worst a
-    /// membership re-granted a moment ago is refused until its event arrives; a revoked one is never revived.
-    public func learnMemberships(of userID: UUID, _ memberships: Memberships) {
-        state.withLock { state in
-            for (branch, role) in memberships.roles
-            where state.memberships[userID]?.role(in: branch) == nil
-                && !state.removedMemberships.contains(MembershipChange.Member(userID: userID, branchID: branch))
-            {
-                state.memberships[userID, default: Memberships()].roles[branch] = role
-            }
-        }
-    }
-
     /// Adds plans' branches (`[planID: branchID]`) to what the hub knows, e.g. all plans at start, or a plan just read
     /// from the database that the change feed has not brought yet.
     public func setPlanBranches(_ planBranches: [UUID: UUID]) {
         state.withLock { $0.planBranches.merge(planBranches) { _, new in new } }
+    }
+
+    /// Whether the feed has shown the user as a member of the branch: a member now, or one whose removal it applied.
+    public func knows(_ userID: UUID, asMemberOf branch: UUID) -> Bool {
+        state.withLock { state in
+            state.memberships[userID]?.role(in: branch) != nil
+                || state.removedMemberships[MembershipChange.Member(userID: userID, branchID: branch)] != nil
+        }
+    }
+
+    /// The branches of channels as the hub knows them now (a plan channel's, if the hub knows the plan).
+    public func branches(of channels: Set<Channel>) -> Set<UUID> {
+        state.withLock { $0.branches(of: channels) }
     }
 
     /// A user's memberships as the hub knows them.
@@ -80,6 +78,10 @@ public final class Hub: Sendable {
     ///   - after: the cursor it already has (`Last-Event-ID`): no event up to it is delivered.
     ///   - snapshot: for a cursor from a snapshot, the transactions that snapshot saw: their events, which the relay
     ///     may log only after the snapshot was taken, are not delivered either.
+    ///   - admittedWith: the user's memberships as the database has them now, when the caller read them: they admit
+    ///     channels of a branch the user joined a moment ago, whose grant the feed has not brought yet. Events are still
+    ///     delivered by the feed's own memberships, so nothing of that branch arrives before the grant's event. A
+    ///     membership whose removal the feed has already applied admits nothing (the read may predate the removal).
     /// - Throws: `APIError` 400 `invalid_parameter` for no or too many channels; 404 `not_found` for a channel the
     ///   principal may not read (a user who is not a member of its branch, or a plan the hub does not know, which the
     ///   caller may look up and register with ``setPlanBranches(_:)`` before retrying); 503 `not_ready` after shutdown.
@@ -89,7 +91,8 @@ public final class Hub: Sendable {
         options: SubscriptionOptions = SubscriptionOptions(),
         expiresAt: Date? = nil,
         after cursor: Int64 = 0,
-        snapshot: Cursor.Snapshot? = nil
+        snapshot: Cursor.Snapshot? = nil,
+        admittedWith databaseMemberships: Memberships? = nil
     ) throws(APIError) -> Subscription {
         guard !channels.isEmpty else { throw .invalidParameter("Name at least one channel, e.g. channel=branch:<uuid>.") }
         guard channels.count <= Channel.maxPerSubscription else {
@@ -100,7 +103,7 @@ public final class Hub: Sendable {
         mailbox.onTermination { [weak self] in self?.unsubscribe(id) }
         try state.withLock { (state) throws(APIError) in
             guard !state.isShutDown else { throw .notReady("The server is shutting down; reconnect shortly.") }
-            let branches = try state.readableBranches(of: channels, for: principal)
+            let branches = try state.readableBranches(of: channels, for: principal, admittedWith: databaseMemberships)
             let subscriber = Subscriber(
                 id: id,
                 principal: principal,
@@ -150,23 +153,35 @@ public final class Hub: Sendable {
     }
 
     /// The frames of events read back from the event log for one subscriber that resumes from a cursor, filtered like
-    /// live events (with today's memberships), for its handler to write before it reads the live stream.
+    /// live events but by the memberships the user had **at each event's position** (`history`, which this advances
+    /// past the `branch_member` events it reads), for its handler to write before it reads the live stream.
     ///
     /// Call it from the reading task, before reading ``Subscription/deliveries`` (or between reads), with events in
     /// sequence order. Live frames up to the last one returned are then skipped, so nothing arrives twice or out of
-    /// order. Returns no frames for an unknown or ended subscription.
-    public func catchUp(_ id: SubscriptionID, with events: [ChangeEvent]) -> [Delivery] {
+    /// order. Returns no frames for an unknown or ended subscription. A replay that reaches the user's own revocation
+    /// from a branch of the subscription ends it as `revoked` there, whether or not the live feed got that far.
+    func catchUp(_ id: SubscriptionID, with events: [ChangeEvent], history: inout MembershipHistory?) -> [Delivery] {
         state.withLock { state in
             guard let subscriber = state.subscribers[id] else { return [] }
             var frames: [Delivery] = []
             var readThrough = subscriber.mailbox.readThrough
             for event in events where event.sequence > readThrough {
+                if let ended = history?.apply(event), !ended.isDisjoint(with: subscriber.branches) {
+                    subscriber.mailbox.markRead(through: readThrough)
+                    state.end(subscriber, .revoked, logger: logger)
+                    return frames
+                }
+                if subscriber.isReset(by: event) {
+                    subscriber.mailbox.markRead(through: readThrough)
+                    state.end(subscriber, .reset, logger: logger)
+                    return frames
+                }
                 subscriber.noteSnapshotSettling(event)
                 if let snapshot = subscriber.snapshot, snapshot.sawCommitted(event.xid) { continue }
                 var fanOut = EventFanOut(event)
                 let mask = fanOut.mask(for: subscriber.channels)
                 guard mask != 0 else { continue }
-                let memberships = state.memberships(of: subscriber.principal)
+                let memberships = history?.memberships(at: event.sequence) ?? Memberships()
                 if let shared = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) {
                     let bytes = subscriber.frame(shared, sequence: event.sequence)
                     frames.append(.frame(bytes, sequence: event.sequence, committedAt: event.commitTime.timeIntervalSince1970))
@@ -217,9 +232,11 @@ struct HubState {
     var byUser: [UUID: Set<SubscriptionID>] = [:]
     var memberships: [UUID: Memberships] = [:]
     var planBranches: [UUID: UUID] = [:]
-    /// Memberships the change feed removed (and has not granted again since), which ``Hub/learnMemberships(of:_:)`` must
-    /// not revive.
-    var removedMemberships: Set<MembershipChange.Member> = []
+    /// Memberships the change feed removed (and has not granted again since), with the sequence of the removal: a
+    /// database read that predates the removal must not admit a subscription with them. At most
+    /// ``removedMembershipsLimit``; past that the oldest removals are forgotten (a read that old is long answered).
+    var removedMemberships: [MembershipChange.Member: Int64] = [:]
+    static let removedMembershipsLimit = 10_000
     var isShutDown = false
     /// Who is present on which plan (see `Hub+presence.swift`).
     var presence = PresenceBook()
@@ -234,9 +251,18 @@ struct HubState {
         return memberships[userID] ?? Memberships()
     }
 
-    /// The branches of the channels, after checking that the principal may read each of them.
-    func readableBranches(of channels: Set<Channel>, for principal: Principal) throws(APIError) -> Set<UUID> {
-        let memberships = memberships(of: principal)
+    /// The branches of the channels, after checking that the principal may read each of them: by the database's
+    /// memberships when given (less those the feed removed since), else by the cache's.
+    func readableBranches(of channels: Set<Channel>, for principal: Principal, admittedWith database: Memberships? = nil) throws(APIError)
+        -> Set<UUID>
+    {
+        var memberships = memberships(of: principal)
+        if let database, case .user(let userID) = principal {
+            memberships = database
+            for branch in database.roles.keys where removedMemberships[MembershipChange.Member(userID: userID, branchID: branch)] != nil {
+                memberships.roles[branch] = nil
+            }
+        }
         var branches = Set<UUID>()
         for channel in channels {
             let branch: UUID?
@@ -289,9 +315,13 @@ struct HubState {
     }
 
     mutating func publish(_ event: ChangeEvent, now: Date, logger: Logger) {
+        if event.operation == .truncate {
+            applyTruncate(event, logger: logger)
+            return
+        }
         switch event.table {
         case "branch_member": applyMembershipChange(event, logger: logger)
-        case "plan": notePlan(event)
+        case "plan": notePlan(event, logger: logger)
         default: break
         }
         if !unsettledSnapshots.isEmpty {
@@ -340,14 +370,70 @@ struct HubState {
         }
     }
 
-    private mutating func notePlan(_ event: ChangeEvent) {
+    /// A table emptied at once: a TRUNCATE of `branch_member` ends every membership (every user's subscription ends as
+    /// `revoked`); one of `plan` forgets every plan. Every other subscription whose channels carry the table ends as
+    /// `reset`, to load a snapshot: what it holds is stale.
+    private mutating func applyTruncate(_ event: ChangeEvent, logger: Logger) {
+        for subscriber in unsettledSnapshots.values { subscriber.noteSnapshotSettling(event) }
+        switch event.table {
+        case "branch_member":
+            for (user, userMemberships) in memberships {
+                for branch in userMemberships.roles.keys { noteRemoved(MembershipChange.Member(userID: user, branchID: branch), at: event.sequence) }
+            }
+            memberships.removeAll()
+            for subscriber in Array(subscribers.values) where !subscriber.principal.isService { end(subscriber, .revoked, logger: logger) }
+        case "plan":
+            planBranches.removeAll()
+        default:
+            break
+        }
+        for subscriber in Array(subscribers.values) where subscriber.isReset(by: event) { end(subscriber, .reset, logger: logger) }
+    }
+
+    private mutating func notePlan(_ event: ChangeEvent, logger: Logger) {
         guard let plan = event.planID else { return }
         guard event.operation != .delete else {
             // A deleted plan is gone for presence and broadcast too: the next request asks the database (404).
             planBranches.removeValue(forKey: plan)
             return
         }
-        if let branch = event.branchID { planBranches[plan] = branch }
+        guard let branch = event.branchID else { return }
+        let moved = planBranches[plan].map { $0 != branch } ?? false
+        planBranches[plan] = branch
+        if moved { followPlanMove(plan, to: branch, logger: logger) }
+    }
+
+    /// After a plan moved to another branch: the subscriptions to the plan (changes, presence, broadcast) of those who
+    /// may not read the new branch end as `revoked`, and they leave its presence; the others now depend on the new
+    /// branch.
+    private mutating func followPlanMove(_ plan: UUID, to branch: UUID, logger: Logger) {
+        var affected: [SubscriptionID: Subscriber] = [:]
+        for channel in [Channel.plan(plan), .presence(plan: plan)] {
+            affected.merge(index[channel] ?? [:]) { first, _ in first }
+        }
+        for subscriber in affected.values {
+            if mayRead(plan: branch, subscriber.principal) {
+                subscriber.branches = branches(of: subscriber.channels)
+            } else {
+                end(subscriber, .revoked, logger: logger)
+            }
+        }
+        for entry in presence.present(on: plan) where !mayRead(plan: branch, .user(entry.userID)) {
+            guard let leave = presence.leave(plan: plan, user: entry.userID) else { continue }
+            fanOutEphemeral(SSEFrame.presence(leave), on: .presence(plan: plan), logger: logger)
+        }
+    }
+
+    /// The branches of channels as the hub knows them now.
+    func branches(of channels: Set<Channel>) -> Set<UUID> {
+        var branches = Set<UUID>()
+        for channel in channels {
+            switch channel {
+            case .branch(let id): branches.insert(id)
+            case .plan(let id), .presence(plan: let id): if let branch = planBranches[id] { branches.insert(branch) }
+            }
+        }
+        return branches
     }
 
     private mutating func applyMembershipChange(_ event: ChangeEvent, logger: Logger) {
@@ -356,7 +442,7 @@ struct HubState {
             return
         }
         if let removed = change.removed {
-            removedMemberships.insert(removed)
+            noteRemoved(removed, at: event.sequence)
             memberships[removed.userID]?.roles[removed.branchID] = nil
             if memberships[removed.userID]?.roles.isEmpty == true { memberships.removeValue(forKey: removed.userID) }
             for id in byUser[removed.userID] ?? [] {
@@ -365,8 +451,17 @@ struct HubState {
             }
         }
         if let (member, role) = change.added {
-            removedMemberships.remove(member)
+            removedMemberships.removeValue(forKey: member)
             memberships[member.userID, default: Memberships()].roles[member.branchID] = role
         }
+    }
+
+    /// Records a removal the feed applied, forgetting the oldest half when there are too many.
+    private mutating func noteRemoved(_ member: MembershipChange.Member, at sequence: Int64) {
+        removedMemberships[member] = sequence
+        guard removedMemberships.count > Self.removedMembershipsLimit else { return }
+        let sequences = removedMemberships.values.sorted()
+        let oldestKept = sequences[sequences.count / 2]
+        removedMemberships = removedMemberships.filter { $0.value >= oldestKept }
     }
 }

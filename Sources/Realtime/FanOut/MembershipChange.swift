@@ -17,7 +17,7 @@ struct MembershipChange: Equatable {
         lhs.removed == rhs.removed && lhs.added?.member == rhs.added?.member && lhs.added?.role == rhs.added?.role
     }
 
-    /// Reads a `branch_member` event; nil if its rows lack `user_id`, `branch_id` or a valid `role`.
+    /// Reads a `branch_member` event; nil if its rows lack `user_id`, `branch_id` or a valid `role`, and for a TRUNCATE.
     ///
     /// An UPDATE's `oldRecord` has only the changed columns, so the old row is the new one overlaid with them.
     init?(_ event: ChangeEvent) {
@@ -35,6 +35,8 @@ struct MembershipChange: Equatable {
             else { return nil }
             self.added = added
             if old.member != added.member { removed = old.member }
+        case .truncate:
+            return nil  // every membership at once: see `HubState.applyTruncate`
         }
     }
 

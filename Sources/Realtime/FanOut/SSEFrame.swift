@@ -134,6 +134,8 @@ public enum SSEFrame {
             control(.error, reason: "slow_consumer: events arrived faster than they were read; reconnect with Last-Event-ID to resume.")
         case .shutdown:
             control(.error, reason: "shutdown: the server is restarting; reconnect with Last-Event-ID to resume.")
+        case .reset:
+            control(.reset, reason: "A table of this subscription was emptied (TRUNCATE): load a snapshot, then subscribe from its cursor.")
         }
     }
 

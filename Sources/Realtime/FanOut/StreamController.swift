@@ -55,14 +55,15 @@ struct StreamController {
             parsedCursor = parsed
         }
         let cursor = parsedCursor
-        try await learnAccess(of: principal, to: Set(channels))
+        let memberships = try await learnAccess(of: principal, to: Set(channels))
         let subscription = try hub.subscribe(
             principal: principal,
             channels: Set(channels),
             options: options,
             expiresAt: expiresAt,
             after: cursor?.sequence ?? 0,
-            snapshot: cursor?.snapshot
+            snapshot: cursor?.snapshot,
+            admittedWith: memberships
         )
         let needsReset = try await isBeyondRetention(cursor)
         let logger = context.logger
@@ -88,11 +89,22 @@ struct StreamController {
                     return
                 }
                 if let cursor {
+                    // What the user may replay is what they could see when it happened: the memberships they had at
+                    // each event's position, not today's.
+                    var history = try await Self.history(of: principal, after: cursor.sequence, database: database)
+                    let memberBranches = hub.branches(of: subscription.channels)
                     var after = cursor.sequence
                     while true {
-                        let events = try await EventLog.read(after: after, limit: Self.catchUpBatch, client: database.client, logger: logger)
+                        let (events, _) = try await EventLog.read(
+                            after: after,
+                            limit: Self.catchUpBatch,
+                            channels: subscription.channels,
+                            memberBranches: memberBranches,
+                            client: database.client,
+                            logger: logger
+                        )
                         guard let last = events.last else { break }
-                        let frames = hub.catchUp(subscription.id, with: events).compactMap(\.frameBytes)
+                        let frames = hub.catchUp(subscription.id, with: events, history: &history).compactMap(\.frameBytes)
                         try await writer.write(contentsOf: SSEFrame.coalesced(frames))
                         metrics.framesWritten(frames.count)
                         after = last.sequence
@@ -155,7 +167,8 @@ struct StreamController {
     static let maxPollLimit = 1000
 
     /// `GET /realtime/v1/changes?channel=…&after=<cursor>&limit=…&wait=<seconds>`: the events a stream would carry,
-    /// as `{"events":[…],"cursor":"…"}`; with `wait`, a long poll that answers as soon as there is something new.
+    /// as `{"events":[…],"cursor":"…"}`; with `wait`, a long poll that answers as soon as there is something new. After a
+    /// TRUNCATE of a table of its channels the answer stops there with `"reset":true`: load a snapshot.
     private func poll(_ request: Request, _ context: AppRequestContext) async throws -> Response {
         guard enabled else { throw APIError.notReady("The change feed is turned off on this node (REALTIME_CHANGE_FEED=0).") }
         let (principal, _) = try await AuthMiddleware.authenticate(request, tokens: tokens, allowQueryToken: true)
@@ -173,7 +186,7 @@ struct StreamController {
         }
         let limit = try Self.integer(parameters, "limit", default: 100, in: 1...Self.maxPollLimit)
         let wait = try Self.integer(parameters, "wait", default: 0, in: 0...Self.maxPollWait)
-        let memberships = try await learnAccess(of: principal, to: channels)
+        try await learnAccess(of: principal, to: channels)
         if try await isBeyondRetention(cursor) {
             throw APIError(.gone, code: "cursor_expired", message: "The cursor is older than the event log's retention: load a snapshot.")
         }
@@ -182,21 +195,42 @@ struct StreamController {
         // Like a stream's frame ids, event ids carry the snapshot until an event settles it.
         var snapshot = cursor.snapshot
         var found: [String] = []
-        while true {
+        // A TRUNCATE of a table of these channels ends the answer there: the caller loads a snapshot.
+        var reset = false
+        // Events are shown by the memberships the user had at each one's position in the log, not by today's.
+        var history = try await Self.history(of: principal, after: cursor.sequence, database: database)
+        let memberBranches = hub.branches(of: channels)
+        readLoop: while true {
             while found.count < limit {
-                let events = try await EventLog.read(after: scanned, limit: Self.catchUpBatch, client: database.client, logger: context.logger)
-                for event in events where found.count < limit {
+                let (events, readThrough) = try await EventLog.read(
+                    after: scanned,
+                    limit: Self.catchUpBatch,
+                    channels: channels,
+                    memberBranches: memberBranches,
+                    client: database.client,
+                    logger: context.logger
+                )
+                for event in events {
+                    guard found.count < limit else { break readLoop }
                     scanned = event.sequence
+                    history?.apply(event)
+                    if event.operation == .truncate, options.streams(table: event.table), channels.contains(where: { $0.carries(table: event.table) })
+                    {
+                        reset = true
+                        break readLoop
+                    }
                     if snapshot?.isSettled(by: event.xid) == true { snapshot = nil }
                     guard !cursor.covers(sequence: event.sequence, xid: event.xid) else { continue }
                     var fanOut = EventFanOut(event)
                     let mask = fanOut.mask(for: channels)
+                    let memberships = history?.memberships(at: event.sequence) ?? Memberships()
                     guard mask != 0,
                         let (operation, readable) = fanOut.decide(for: principal, options: options, mask: mask, memberships: memberships)
                     else { continue }
                     let id = Cursor(sequence: event.sequence, snapshot: snapshot).description
                     found.append(SSEFrame.changeJSON(event.delivered(as: operation), channels: fanOut.channels(readable), id: id))
                 }
+                scanned = max(scanned, readThrough)
                 if events.count < Self.catchUpBatch { break }
             }
             if !found.isEmpty || ContinuousClock.now >= deadline || Task.isShuttingDownGracefully { break }
@@ -204,7 +238,8 @@ struct StreamController {
         }
         // A snapshot cursor keeps its snapshot until an event has settled it, so that none is repeated.
         let next = scanned > cursor.sequence ? Cursor(sequence: scanned, snapshot: snapshot) : cursor
-        return .json(.ok, #"{"events":["# + found.joined(separator: ",") + #"],"cursor":"# + JSONText.quote(next.description) + "}")
+        let resetField = reset ? #","reset":true"# : ""
+        return .json(.ok, #"{"events":["# + found.joined(separator: ",") + #"],"cursor":"# + JSONText.quote(next.description) + resetField + "}")
     }
 
     private static func integer(_ parameters: [(String, String)], _ name: String, default value: Int, in range: ClosedRange<Int>) throws -> Int {
@@ -215,9 +250,15 @@ struct StreamController {
         return number
     }
 
+    /// A user's memberships across the log from `cursor` on; nil for the service role, which reads everything.
+    static func history(of principal: Principal, after cursor: Int64, database: Database) async throws -> MembershipHistory? {
+        guard case .user(let user) = principal else { return nil }
+        return try await MembershipHistory.load(userID: user, after: cursor, client: database.client, logger: database.logger)
+    }
+
     @discardableResult
     private func learnAccess(of principal: Principal, to channels: Set<Channel>) async throws -> Memberships {
-        try await ChannelAccess(hub: hub, database: database, cacheIsCurrent: enabled).check(principal, channels)
+        try await ChannelAccess(hub: hub, database: database).check(principal, channels)
     }
 
     /// Whether events after the cursor may already have been pruned, so that resuming would miss some.

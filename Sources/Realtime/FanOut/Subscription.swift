@@ -23,8 +23,9 @@ final class Subscriber {
     let id: SubscriptionID
     let principal: Principal
     let channels: Set<Channel>
-    /// The branches of its channels (a plan channel's branch, where known): losing one of them ends it.
-    let branches: Set<UUID>
+    /// The branches of its channels (a plan channel's branch, where known; updated when a plan moves): losing one of
+    /// them ends it.
+    var branches: Set<UUID>
     let options: SubscriptionOptions
     let expiresAt: Date?
     let mailbox: Mailbox
@@ -63,6 +64,11 @@ final class Subscriber {
     }
 
     func isExpired(at now: Date) -> Bool { expiresAt.map { $0 <= now } ?? false }
+
+    /// Whether a TRUNCATE event empties a table this subscription streams (a table it asked for, on one of its channels).
+    func isReset(by event: ChangeEvent) -> Bool {
+        event.operation == .truncate && options.streams(table: event.table) && channels.contains { $0.carries(table: event.table) }
+    }
 
     /// Notes an event the hub has seen (delivered to this subscriber or not): one that settles the snapshot ends the
     /// snapshot's part in the ids of the frames from it on.

@@ -61,7 +61,7 @@ public struct SubscriptionOptions: Sendable, Equatable {
                 for item in Self.items(value) {
                     if item == "*" {
                         allOperations = true
-                    } else if let operation = ChangeEvent.Operation(rawValue: item.uppercased()) {
+                    } else if let operation = ChangeEvent.Operation(rawValue: item.uppercased()), operation != .truncate {
                         operations = (operations ?? []).union([operation])
                     } else {
                         throw .invalidParameter("event must be INSERT, UPDATE, DELETE or *; got '\(item)'.")
@@ -78,12 +78,15 @@ public struct SubscriptionOptions: Sendable, Equatable {
 
     /// Whether an event, delivered as `operation`, passes the table, operation and filter options.
     ///
-    /// Filters test the new row, or the old row for a DELETE (for a move-out DELETE, the row's record; see
-    /// ``ChangeEvent/delivered(as:)``). An event whose table lacks a filtered column does not match.
+    /// Filters test the new row, or the old row for a DELETE (for a move-out DELETE, the row as it was before
+    /// the move; see ``ChangeEvent/delivered(as:)``). An event whose table lacks a filtered column does not match.
     public func matches(_ event: ChangeEvent, operation: ChangeEvent.Operation) -> Bool {
         var row = LazyRow(text: event.filteredRow(deliveredAs: operation))
         return matches(table: event.table, operation: operation, row: &row)
     }
+
+    /// Whether the table's events are wanted at all, whatever the operation.
+    func streams(table: String) -> Bool { tables?.contains(table) ?? true }
 
     /// Whether the table and operation are wanted; cheap, so checked before any row is decoded.
     func admits(table: String, operation: ChangeEvent.Operation) -> Bool {

@@ -136,6 +136,7 @@ extension EndReason {
         case .tokenExpired: "token_expired"
         case .slowConsumer: "slow_consumer"
         case .shutdown: "shutdown"
+        case .reset: "reset"
         }
     }
 }

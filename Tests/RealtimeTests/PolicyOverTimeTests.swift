@@ -1,0 +1,130 @@
+import Foundation
+import HTTPTypes
+import PostgresNIO
+import Testing
+
+@testable import Realtime
+
+/// The policy across time, end to end: what a user may replay is what they could see when it happened, and a row that
+/// moves away shows those it leaves only what they could already see.
+@Suite struct PolicyOverTimeTests {
+    static let service = Principal.service(actingUser: nil)
+
+    /// Creates a client card as `editor` in `branch` and returns its id.
+    static func makeCard(_ client: TestServer.Client, branch: UUID, editor: UUID, name: String, phone: String) async throws -> UUID {
+        let id = UUID()
+        let reply = try await client.send(
+            .post,
+            "/rest/v1/client_cards",
+            as: .user(editor),
+            json: #"{"id":"\#(id)","branch_id":"\#(branch)","name":"\#(name)","phone":"\#(phone)"}"#
+        )
+        try #require(reply.status == .created, "card: \(reply.text)")
+        return id
+    }
+
+    /// Makes `user` a viewer of the team's branch, as its admin.
+    static func addViewer(_ client: TestServer.Client, _ user: UUID, to team: Team) async throws {
+        let reply = try await client.send(
+            .put, "/rest/v1/branches/\(team.branch)/members/\(user)", as: .user(team.admin), json: #"{"role":"viewer"}"#)
+        try #require(reply.status == .created, "member: \(reply.text)")
+    }
+
+    /// Every event of a poll from the start of the log, as `principal`.
+    static func pollAll(_ client: TestServer.Client, channel: String, as principal: Principal) async throws -> [[String: Any]] {
+        let reply = try await client.send(.get, "/realtime/v1/changes?channel=\(channel)&after=0&limit=1000", as: principal)
+        try #require(reply.status == .ok, "poll: \(reply.text)")
+        return reply.object["events"] as? [[String: Any]] ?? []
+    }
+
+    /// Waits until the service role's poll of `channel` shows a client card named `name`: the relay logs asynchronously.
+    static func waitUntilLogged(_ client: TestServer.Client, channel: String, card name: String) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if try await pollAll(client, channel: channel, as: service).contains(where: { Self.names(of: $0).contains(name) }) { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        Issue.record("the card \(name) did not reach the event log within 30 s")
+    }
+
+    /// The `name` of a polled event's record and old record.
+    static func names(of event: [String: Any]) -> [String] {
+        [event["record"], event["old_record"]].compactMap { ($0 as? [String: Any])?["name"] as? String }
+    }
+
+    @Test func replayShowsAUserOnlyWhatHappenedWhileTheyWereAMember() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let newcomer = UUID()
+            let created = try await client.send(.post, "/rest/v1/users", as: Self.service, json: #"{"id":"\#(newcomer)","display_name":"new"}"#)
+            try #require(created.status == .created)
+            let channel = "branch:\(team.branch.uuidString.lowercased())"
+
+            // Before the newcomer joins: a card created and deleted (its DELETE carries the whole old row), and one kept.
+            let secret = try await Self.makeCard(client, branch: team.branch, editor: team.editor, name: "Secret", phone: "+998 90 111")
+            #expect(try await client.send(.delete, "/rest/v1/client_cards/\(secret)", as: .user(team.editor)).status == .noContent)
+            _ = try await Self.makeCard(client, branch: team.branch, editor: team.editor, name: "Before", phone: "+998 90 222")
+            try await Self.addViewer(client, newcomer, to: team)
+            _ = try await Self.makeCard(client, branch: team.branch, editor: team.editor, name: "After", phone: "+998 90 333")
+            try await Self.waitUntilLogged(client, channel: channel, card: "After")
+
+            let polled = try await Self.pollAll(client, channel: channel, as: .user(newcomer)).flatMap(Self.names)
+            #expect(polled.contains("After"))
+            #expect(!polled.contains("Secret") && !polled.contains("Before"), "a poll from 0 replayed the past: \(polled)")
+
+            let stream = try await ChangeFeedTests.open(client, "/realtime/v1/branch/\(team.branch)", as: .user(newcomer), lastEventID: "0")
+            let frames = try await stream.waitFor("the card After") { $0.contains { $0.record["name"] as? String == "After" } }
+            let streamed = frames.flatMap { [$0.record["name"], $0.oldRecord["name"]].compactMap { $0 as? String } }
+            #expect(!streamed.contains("Secret") && !streamed.contains("Before"), "a resume from 0 replayed the past: \(streamed)")
+            stream.close()
+
+            // Out of the branch for a while, then back: what happened meanwhile stays hidden, before and after stay visible.
+            let left = try await client.send(.delete, "/rest/v1/branches/\(team.branch)/members/\(newcomer)", as: .user(team.admin))
+            try #require(left.status == .noContent)
+            _ = try await Self.makeCard(client, branch: team.branch, editor: team.editor, name: "Gap", phone: "+998 90 444")
+            try await Self.addViewer(client, newcomer, to: team)
+            _ = try await Self.makeCard(client, branch: team.branch, editor: team.editor, name: "Back", phone: "+998 90 555")
+            try await Self.waitUntilLogged(client, channel: channel, card: "Back")
+            let again = try await Self.pollAll(client, channel: channel, as: .user(newcomer)).flatMap(Self.names)
+            #expect(again.contains("After") && again.contains("Back"))
+            #expect(!again.contains("Gap"), "a poll replayed what happened while the user was not a member: \(again)")
+            #expect(!again.contains("Secret") && !again.contains("Before"))
+        }
+    }
+
+    @Test func aRowThatMovesShowsTheBranchItLeavesOnlyTheRowAsItWas() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let other = try await Team.make(client, name: "Other")
+            let card = try await Self.makeCard(client, branch: team.branch, editor: team.editor, name: "Moving", phone: "+998 old")
+            let left = try await ChangeFeedTests.open(client, "/realtime/v1/branch/\(team.branch)?table=client_card", as: .user(team.viewer))
+            let entered = try await ChangeFeedTests.open(client, "/realtime/v1/branch/\(other.branch)?table=client_card", as: .user(other.viewer))
+
+            // A move together with a change of a personal column, as one write.
+            try await server.withOwnerConnection { connection in
+                _ = try await connection.query(
+                    "UPDATE client_card SET branch_id = \(other.branch), phone = '+998 new' WHERE id = \(card)", logger: server.logger)
+            }
+            let inserted = try await entered.waitFor("the INSERT") { $0.contains { $0.operation == "INSERT" } }
+            #expect(inserted.first { $0.operation == "INSERT" }?.record["phone"] as? String == "+998 new")
+            let frames = try await left.waitFor("the DELETE") { $0.contains { $0.operation == "DELETE" } }
+            let delete = try #require(frames.first { $0.operation == "DELETE" })
+            #expect(delete.oldRecord["phone"] as? String == "+998 old")
+            #expect(delete.oldRecord["branch_id"] as? String == team.branch.uuidString.lowercased())
+            #expect(delete.oldRecord["name"] as? String == "Moving")
+            #expect(delete.record.isEmpty)
+            #expect(!frames.contains { $0.data.contains("+998 new") || $0.data.contains(other.branch.uuidString.lowercased()) })
+
+            // A poll shows the same.
+            let polled = try await Self.pollAll(
+                client, channel: "branch:\(team.branch.uuidString.lowercased())&table=client_card", as: .user(team.viewer))
+            let polledDelete = try #require(polled.first { $0["event"] as? String == "DELETE" })
+            #expect((polledDelete["old_record"] as? [String: Any])?["phone"] as? String == "+998 old")
+            #expect(!polled.contains { "\($0)".contains("+998 new") })
+            left.close()
+            entered.close()
+        }
+    }
+}
