@@ -127,4 +127,171 @@ import Testing
             entered.close()
         }
     }
+
+    // MARK: TRUNCATE
+
+    /// Runs SQL with `psql` against the test database, as an operator would.
+    static func psql(_ sql: String, on endpoint: DatabaseEndpoint) throws {
+        let candidates =
+            ["/usr/bin/psql"]
+            + ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []).map {
+                "/usr/lib/postgresql/\($0)/bin/psql"
+            }
+        let path = try #require(candidates.first { FileManager.default.isExecutableFile(atPath: $0) }, "no psql on this machine")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = [
+            "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", endpoint.host, "-p", "\(endpoint.port)", "-U", endpoint.username,
+            "-d", endpoint.database, "-c", sql,
+        ]
+        var environment = ProcessInfo.processInfo.environment
+        environment["PGPASSWORD"] = endpoint.password ?? ""
+        process.environment = environment
+        try process.run()
+        process.waitUntilExit()
+        try #require(process.terminationStatus == 0, "psql -c \(sql) exited with \(process.terminationStatus)")
+    }
+
+    @Test func aTruncateResetsTheStreamsAndPollsOfItsTable() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let everything = try await ChangeFeedTests.open(client, "/realtime/v1/branch/\(team.branch)", as: .user(team.viewer))
+            let tasksOnly = try await ChangeFeedTests.open(client, "/realtime/v1/plan/\(plan)?table=task", as: .user(team.viewer))
+            _ = try await team.makeTask(client, plan: plan, title: "before")
+            let seen = try await everything.waitFor("the task") { $0.contains { $0.record["title"] as? String == "before" } }
+            _ = try await tasksOnly.waitForChanges(1)
+            let cursor = try #require(seen.last?.id)
+
+            // The task's status history goes, by hand: every copy of it is stale, and only a snapshot can tell.
+            try Self.psql("TRUNCATE status_history", on: server.endpoint)
+            _ = try await everything.waitFor("reset") { $0.contains { $0.event == "reset" } }
+            try await everything.waitUntilFinished()
+            let after = try await team.makeTask(client, plan: plan, title: "after")
+            let tasks = try await tasksOnly.waitFor("the next task") { $0.contains { $0.record["id"] as? String == after.uuidString.lowercased() } }
+            #expect(!tasks.contains { $0.event == "reset" }, "a stream of tasks only was reset by a TRUNCATE of status_history")
+
+            let polled = try await client.send(.get, "/realtime/v1/changes?channel=branch:\(team.branch)&after=\(cursor)", as: .user(team.viewer))
+            #expect(polled.status == .ok)
+            #expect(polled.object["reset"] as? Bool == true, "\(polled.text)")
+            let resumed = try await ChangeFeedTests.open(client, "/realtime/v1/branch/\(team.branch)", as: .user(team.viewer), lastEventID: cursor)
+            _ = try await resumed.waitFor("reset on resume") { $0.contains { $0.event == "reset" } }
+            try await resumed.waitUntilFinished()
+            tasksOnly.close()
+        }
+    }
+
+    @Test(arguments: ["TRUNCATE branch_member", "TRUNCATE branch CASCADE"])
+    func aTruncateOfTheMembershipsEndsEveryUsersStream(_ sql: String) async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let viewer = try await ChangeFeedTests.open(client, "/realtime/v1/plan/\(plan)?table=task", as: .user(team.viewer))
+            let watcher = try await ChangeFeedTests.open(client, "/realtime/v1/branch/\(team.branch)?table=task", as: Self.service)
+            _ = try await team.makeTask(client, plan: plan)
+            _ = try await viewer.waitForChanges(1)
+
+            try Self.psql(sql, on: server.endpoint)
+            let frames = try await viewer.waitFor("revoked") { $0.contains { $0.event == "revoked" } }
+            try await viewer.waitUntilFinished()
+            #expect(frames.last?.event == "revoked")
+            let again = try await SSEClient.open(
+                client.baseURL + "/realtime/v1/plan/\(plan)",
+                headers: [("Authorization", "Bearer \(try await client.token(for: .user(team.viewer)))")])
+            #expect(again.status == 404)
+            #expect(!watcher.frames.contains { $0.event == "revoked" })
+            watcher.close()
+        }
+    }
+
+    @Test func afterATruncateOfTheMembershipsAUserReplaysNothingOfTheTimeTheyWereNoMember() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            // A poll of every table stops at the TRUNCATE (reset); one of client cards only reads on.
+            let channel = "branch:\(team.branch.uuidString.lowercased())&table=client_card"
+            _ = try await Self.makeCard(client, branch: team.branch, editor: team.editor, name: "Before", phone: "+998 1")
+            try Self.psql("TRUNCATE branch_member", on: server.endpoint)
+            let gap = try await client.send(
+                .post, "/rest/v1/client_cards", as: Self.service, json: #"{"branch_id":"\#(team.branch)","name":"Gap"}"#)
+            try #require(gap.status == .created, "\(gap.text)")
+            for (user, role) in [(team.viewer, "viewer"), (team.editor, "editor")] {
+                let back = try await client.send(
+                    .put, "/rest/v1/branches/\(team.branch)/members/\(user)", as: Self.service, json: #"{"role":"\#(role)"}"#)
+                try #require(back.status == .created)
+            }
+            _ = try await Self.makeCard(client, branch: team.branch, editor: team.editor, name: "After", phone: "+998 2")
+            try await Self.waitUntilLogged(client, channel: channel, card: "After")
+            let names = try await Self.pollAll(client, channel: channel, as: .user(team.viewer)).flatMap(Self.names)
+            #expect(names == ["Before", "After"], "a poll replayed what happened while the TRUNCATE left the user no member: \(names)")
+        }
+    }
+
+    // MARK: Presence and broadcast
+
+    /// Waits until the feed has brought the viewer's membership to the hub: a task written now reaches her stream.
+    static func waitUntilTheFeedCountsHerIn(_ client: TestServer.Client, team: Team, plan: UUID, stream: SSEClient) async throws {
+        let task = try await team.makeTask(client, plan: plan, title: "barrier")
+        _ = try await stream.waitFor("the barrier task") { $0.contains { $0.record["id"] as? String == task.uuidString.lowercased() } }
+    }
+
+    @Test func aPlanThatMovesTakesItsPresenceAndBroadcastsAwayFromTheBranchItLeft() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let other = try await Team.make(client, name: "Other")
+            let plan = try await team.makePlan(client)
+            let path = "/realtime/v1/stream?channel=presence:plan:\(plan)&channel=plan:\(plan)"
+            let leaving = try await ChangeFeedTests.open(client, path, as: .user(team.viewer))
+            try await Self.waitUntilTheFeedCountsHerIn(client, team: team, plan: plan, stream: leaving)
+            let heartbeat = #"{"state":{"slot":"mon-09","action":"viewing"}}"#
+            #expect(try await client.send(.post, "/realtime/v1/presence/plan/\(plan)", as: .user(team.editor), json: heartbeat).status == .ok)
+            _ = try await leaving.waitFor("the join") { $0.contains { $0.event == "presence" && $0.data.contains("join") } }
+
+            try await server.withOwnerConnection { connection in
+                _ = try await connection.query("UPDATE plan SET branch_id = \(other.branch) WHERE id = \(plan)", logger: server.logger)
+            }
+            _ = try await leaving.waitFor("revoked") { $0.contains { $0.event == "revoked" } }
+            try await leaving.waitUntilFinished()
+            // Its new branch's members are present and broadcast there; the old branch hears none of it.
+            #expect(try await client.send(.post, "/realtime/v1/presence/plan/\(plan)", as: .user(other.editor), json: heartbeat).status == .ok)
+            let message = #"{"event":"cursor","payload":{"x":1}}"#
+            #expect(try await client.send(.post, "/realtime/v1/broadcast/plan/\(plan)", as: .user(other.editor), json: message).status == .accepted)
+            #expect(!leaving.frames.contains { $0.data.contains(other.editor.uuidString.lowercased()) })
+            let present = try await client.send(.get, "/realtime/v1/presence/plan/\(plan)", as: .user(other.viewer))
+            #expect(!present.text.contains(team.editor.uuidString.lowercased()), "\(present.text)")
+            for user in [team.viewer, team.editor] {
+                let refused = try await client.send(.post, "/realtime/v1/presence/plan/\(plan)", as: .user(user), json: heartbeat)
+                #expect(refused.status == .notFound)
+            }
+        }
+    }
+
+    @Test func aRevokedMemberCannotHeartbeatOrBroadcastWhileTheFeedLags() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let heartbeat = #"{"state":{"action":"viewing"}}"#
+            #expect(try await client.send(.post, "/realtime/v1/presence/plan/\(plan)", as: .user(team.viewer), json: heartbeat).status == .ok)
+            let stream = try await ChangeFeedTests.open(client, "/realtime/v1/plan/\(plan)", as: .user(team.viewer))
+            try await Self.waitUntilTheFeedCountsHerIn(client, team: team, plan: plan, stream: stream)
+            stream.close()
+            try await server.withOwnerConnection { connection in
+                // Hold the relay's appends: the feed, and so the hub's memberships, stop where they are.
+                _ = try await connection.query("BEGIN", logger: server.logger)
+                _ = try await connection.query("LOCK TABLE realtime.event_log IN EXCLUSIVE MODE", logger: server.logger)
+                let removed = try await client.send(.delete, "/rest/v1/branches/\(team.branch)/members/\(team.viewer)", as: .user(team.admin))
+                #expect(removed.status == .noContent)
+                let beat = try await client.send(.post, "/realtime/v1/presence/plan/\(plan)", as: .user(team.viewer), json: heartbeat)
+                #expect(beat.status == .forbidden, "\(beat.status) \(beat.text)")
+                let message = #"{"event":"cursor","payload":{}}"#
+                let sent = try await client.send(.post, "/realtime/v1/broadcast/plan/\(plan)", as: .user(team.viewer), json: message)
+                #expect(sent.status == .forbidden, "\(sent.status) \(sent.text)")
+                _ = try await connection.query("COMMIT", logger: server.logger)
+            }
+        }
+    }
 }
