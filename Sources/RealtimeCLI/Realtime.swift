@@ -124,6 +124,27 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "How many heartbeats or broadcasts may come at once (env REALTIME_PRESENCE_BURST, default 10).")
     var presenceBurst: Int?
 
+    @Option(help: "REST writes a user may make per second; the service role is not limited (env REALTIME_USER_WRITE_RATE, default 20).")
+    var userWriteRate: Double?
+
+    @Option(help: "How many REST writes of a user may come at once (env REALTIME_USER_WRITE_BURST, default 100).")
+    var userWriteBurst: Int?
+
+    @Option(help: "Polls of /realtime/v1/changes a user may make per second (env REALTIME_USER_POLL_RATE, default 5).")
+    var userPollRate: Double?
+
+    @Option(help: "How many polls of a user may come at once (env REALTIME_USER_POLL_BURST, default 30).")
+    var userPollBurst: Int?
+
+    @Option(help: "Streams a user may open per second (env REALTIME_USER_STREAM_RATE, default 2).")
+    var userStreamRate: Double?
+
+    @Option(help: "How many streams of a user may open at once (env REALTIME_USER_STREAM_BURST, default 30).")
+    var userStreamBurst: Int?
+
+    @Option(help: "Seconds the change feed may be down or stalled before /readyz answers 503 (env REALTIME_READY_MAX_LAG_SECONDS, default 30).")
+    var readyMaxLagSeconds: Int?
+
     @Option(help: "This node's name in presence entries and logs (env REALTIME_NODE_ID, default host-pid-random).")
     var nodeID: String?
 
@@ -175,13 +196,19 @@ struct Serve: AsyncParsableCommand {
             if let presenceTTLSeconds {
                 configuration.presenceTTLSeconds = try Configuration.int("\(presenceTTLSeconds)", "--presence-ttl-seconds", 3...3600)
             }
-            if let presenceRate {
-                guard presenceRate >= 0.01, presenceRate <= 10_000 else {
-                    throw ConfigurationError("--presence-rate must be a number from 0.01 to 10000; got \(presenceRate).")
-                }
-                configuration.presenceRate = presenceRate
+            if let presenceRate { configuration.presenceRate = try Configuration.rate("\(presenceRate)", "--presence-rate") }
+            if let userWriteRate { configuration.userWriteRate = try Configuration.rate("\(userWriteRate)", "--user-write-rate") }
+            if let userWriteBurst { configuration.userWriteBurst = try Configuration.int("\(userWriteBurst)", "--user-write-burst", 1...100_000) }
+            if let userPollRate { configuration.userPollRate = try Configuration.rate("\(userPollRate)", "--user-poll-rate") }
+            if let userPollBurst { configuration.userPollBurst = try Configuration.int("\(userPollBurst)", "--user-poll-burst", 1...100_000) }
+            if let userStreamRate { configuration.userStreamRate = try Configuration.rate("\(userStreamRate)", "--user-stream-rate") }
+            if let userStreamBurst {
+                configuration.userStreamBurst = try Configuration.int("\(userStreamBurst)", "--user-stream-burst", 1...100_000)
             }
             if let presenceBurst { configuration.presenceBurst = try Configuration.int("\(presenceBurst)", "--presence-burst", 1...100_000) }
+            if let readyMaxLagSeconds {
+                configuration.readyMaxLagSeconds = try Configuration.int("\(readyMaxLagSeconds)", "--ready-max-lag-seconds", 1...3600)
+            }
             if let nodeID, !nodeID.isEmpty { configuration.nodeID = nodeID }
             if let tlsCert { configuration.tlsCertificatePath = tlsCert }
             if let tlsKey { configuration.tlsKeyPath = tlsKey }

@@ -200,7 +200,7 @@ import Testing
             let again = try await SSEClient.open(
                 client.baseURL + "/realtime/v1/plan/\(plan)",
                 headers: [("Authorization", "Bearer \(try await client.token(for: .user(team.viewer)))")])
-            #expect(again.status == 404)
+            #expect(again.status == 404, "\(again.errorBody)")
             #expect(!watcher.frames.contains { $0.event == "revoked" })
             watcher.close()
         }
@@ -292,6 +292,156 @@ import Testing
                 #expect(sent.status == .forbidden, "\(sent.status) \(sent.text)")
                 _ = try await connection.query("COMMIT", logger: server.logger)
             }
+        }
+    }
+
+    // MARK: One user cannot slow the others
+
+    @Test func eachUserHasABudgetOfWritesPollsAndStreamOpens() async throws {
+        let server = try await TestServer.make(changeFeed: true) { configuration in
+            configuration.userWriteRate = 0.01
+            configuration.userWriteBurst = 2
+            configuration.userPollRate = 0.01
+            configuration.userPollBurst = 2
+            configuration.userStreamRate = 0.01
+            configuration.userStreamBurst = 2
+        }
+        try await server.testLive { client in
+            let team = try await Team.make(client)  // as the service role, which is not limited
+            let plan = try await team.makePlan(client)  // the editor's first write
+            _ = try await team.makeTask(client, plan: plan)  // and second
+            let refused = try await client.send(
+                .post, "/rest/v1/tasks", as: .user(team.editor),
+                json: #"{"plan_id":"\#(plan)","title":"Third","starts_at":"2026-11-30T09:00:00Z","ends_at":"2026-11-30T10:00:00Z"}"#)
+            #expect(refused.status == .tooManyRequests)
+            #expect(refused.errorCode == "rate_limited")
+            #expect(Int(refused.headers[.retryAfter] ?? "") ?? 0 >= 1)
+            let titles = try await client.send(.get, "/rest/v1/tasks?plan_id=eq.\(plan)", as: Self.service).array.compactMap {
+                $0["title"] as? String
+            }
+            #expect(titles == ["Shift"], "a refused write changed something: \(titles)")
+            // Another user's budget is their own; reads are not writes.
+            #expect(try await client.send(.get, "/rest/v1/tasks?plan_id=eq.\(plan)", as: .user(team.editor)).status == .ok)
+            let card = try await client.send(
+                .post, "/rest/v1/client_cards", as: .user(team.admin), json: #"{"branch_id":"\#(team.branch)","name":"Admin's"}"#)
+            #expect(card.status == .created)
+
+            let poll = "/realtime/v1/changes?channel=branch:\(team.branch)"
+            for _ in 0..<2 { #expect(try await client.send(.get, poll, as: .user(team.viewer)).status == .ok) }
+            let tooMany = try await client.send(.get, poll, as: .user(team.viewer))
+            #expect(tooMany.status == .tooManyRequests && tooMany.errorCode == "rate_limited")
+            #expect(try await client.send(.get, poll, as: Self.service).status == .ok)
+
+            let token = try await client.token(for: .user(team.viewer))
+            var open: [SSEClient] = []
+            for _ in 0..<2 {
+                let stream = try await SSEClient.open(
+                    client.baseURL + "/realtime/v1/branch/\(team.branch)", headers: [("Authorization", "Bearer \(token)")])
+                #expect(stream.status == 200)
+                open.append(stream)
+            }
+            let third = try await SSEClient.open(
+                client.baseURL + "/realtime/v1/branch/\(team.branch)", headers: [("Authorization", "Bearer \(token)")])
+            #expect(third.status == 429)
+            try await third.waitUntilFinished()
+            #expect(third.errorBody.contains("rate_limited"))
+            #expect(third.header("Retry-After") != nil)
+            for stream in open { stream.close() }
+        }
+    }
+
+    /// Rows the plan's scans of `realtime.event_log` returned, from `EXPLAIN (ANALYZE, FORMAT JSON)`, loops counted.
+    static func eventLogRowsRead(_ plan: Any) -> Double {
+        var total = 0.0
+        if let node = plan as? [String: Any] {
+            if node["Relation Name"] as? String == "event_log" || (node["Index Name"] as? String)?.hasPrefix("event_log") == true {
+                total += (node["Actual Rows"] as? Double ?? 0) * (node["Actual Loops"] as? Double ?? 1)
+            }
+            for child in node["Plans"] as? [Any] ?? [] { total += eventLogRowsRead(child) }
+            if let inner = node["Plan"] { total += eventLogRowsRead(inner) }
+        } else if let list = plan as? [Any] {
+            for item in list { total += eventLogRowsRead(item) }
+        }
+        return total
+    }
+
+    @Test func aReplayReadsOnlyItsOwnChannelsEvents() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let small = try await Team.make(client, name: "Small")
+            let busy = try await Team.make(client, name: "Busy")
+            let plan = try await small.makePlan(client)
+            _ = try await small.makeTask(client, plan: plan)
+            // Another branch's history: 20,000 events logged before the small branch's next one.
+            try await server.withOwnerConnection { connection in
+                _ = try await connection.query(
+                    """
+                    INSERT INTO realtime.event_log (commit_lsn, tx_index, xid, commit_time, table_name, op, branch_id, record, old_record)
+                    SELECT '0/1'::pg_lsn + i, 0, 1000 + i, now(), 'client_card', 'INSERT', \(busy.branch),
+                           json_build_object('id', gen_random_uuid(), 'branch_id', \(busy.branch), 'name', 'n' || i), '{}'
+                    FROM generate_series(1, 20000) AS i
+                    """,
+                    logger: server.logger
+                )
+            }
+            let last = try await small.makeTask(client, plan: plan, title: "after the busy branch")
+            let channel = "branch:\(small.branch.uuidString.lowercased())"
+            var polled: [[String: Any]] = []
+            var cursor = ""
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                let reply = try await client.send(.get, "/realtime/v1/changes?channel=\(channel)&after=0&limit=1000", as: .user(small.viewer))
+                polled = reply.object["events"] as? [[String: Any]] ?? []
+                cursor = reply.string("cursor") ?? ""
+                if polled.contains(where: { ($0["record"] as? [String: Any])?["id"] as? String == last.uuidString.lowercased() }) { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(polled.contains { ($0["record"] as? [String: Any])?["title"] as? String == "after the busy branch" })
+            #expect(polled.allSatisfy { ($0["channels"] as? [String]) == [channel] }, "another branch's event in the answer")
+            // The cursor moves past the other branch's events: the next poll starts after them.
+            #expect((Int64(cursor) ?? 0) > 20_000, "cursor \(cursor)")
+
+            // The statement a replay runs reads the small branch's events only, through the indexes.
+            let query = EventLog.channelRead(after: 0, limit: 1000, channels: [.branch(small.branch)], memberBranches: [small.branch])
+            let rowsRead = try await server.withOwnerConnection { connection in
+                let explained = try await connection.query(
+                    PostgresQuery(unsafeSQL: "EXPLAIN (ANALYZE, FORMAT JSON) " + query.sql, binds: query.binds), logger: server.logger)
+                var text = ""
+                for try await row in explained { text = try row.decode(String.self) }
+                return Self.eventLogRowsRead(try JSONSerialization.jsonObject(with: Data(text.utf8)))
+            }
+            #expect(rowsRead < 500, "the replay read \(rowsRead) rows of the event log for a branch of a few dozen events")
+        }
+    }
+
+    // MARK: Operations
+
+    @Test func readinessSaysWhenTheRelayStopsConfirmingTheWAL() async throws {
+        let server = try await TestServer.make(changeFeed: true) { $0.readyMaxLagSeconds = 2 }
+        try await server.testLive { client in
+            @Sendable func waitForReadiness(_ status: HTTPResponse.Status, _ what: String) async throws -> TestServer.Client.Reply {
+                let deadline = ContinuousClock.now + .seconds(60)
+                while ContinuousClock.now < deadline {
+                    let reply = try await client.send(.get, "/readyz", as: nil)
+                    if reply.status == status { return reply }
+                    try await Task.sleep(for: .milliseconds(200))
+                }
+                Issue.record("readyz did not answer \(status) (\(what)) within 60 s")
+                return try await client.send(.get, "/readyz", as: nil)
+            }
+            _ = try await waitForReadiness(.ok, "the feed started")
+            let team = try await Team.make(client)
+            try await server.withOwnerConnection { connection in
+                // Hold the relay's appends while a change waits in the WAL.
+                _ = try await connection.query("BEGIN", logger: server.logger)
+                _ = try await connection.query("LOCK TABLE realtime.event_log IN EXCLUSIVE MODE", logger: server.logger)
+                _ = try await team.makePlan(client)
+                let stalled = try await waitForReadiness(.serviceUnavailable, "the relay held")
+                #expect(stalled.errorCode == "not_ready")
+                #expect(stalled.text.contains("relay"), "\(stalled.text)")
+                _ = try await connection.query("COMMIT", logger: server.logger)
+            }
+            _ = try await waitForReadiness(.ok, "the relay caught up")
         }
     }
 }

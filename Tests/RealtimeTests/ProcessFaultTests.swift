@@ -228,7 +228,11 @@ struct ProcessFaultTests {
                 "serve", "--database-url", server.endpoint.url(includingPassword: true), "--port", "\(port)",
                 "--migrations-dir", TestServer.repositoryRoot + "/Migrations", "--log-level", "warning",
             ] + arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(["REALTIME_JWT_SECRET": TestServer.secret]) { $1 }
+        // As in `TestServer`, the per-user limits (tested on their own) are raised: these tests open many streams as one user.
+        let unlimited = ["WRITE", "POLL", "STREAM"].flatMap { ["REALTIME_USER_\($0)_RATE": "10000", "REALTIME_USER_\($0)_BURST": "100000"] }
+        process.environment = ProcessInfo.processInfo.environment
+            .merging(["REALTIME_JWT_SECRET": TestServer.secret]) { $1 }
+            .merging(unlimited) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

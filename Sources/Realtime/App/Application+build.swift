@@ -25,12 +25,16 @@ public func buildApplication(
 
     let router = Router(context: AppRequestContext.self)
     router.add(middleware: ErrorMiddleware())
-    HealthController(database: database, migrations: migrations).addRoutes(to: router)
+    let feedHealth = configuration.changeFeedEnabled ? FeedHealth(maximumLag: .seconds(configuration.readyMaxLagSeconds)) : nil
+    HealthController(database: database, migrations: migrations, feed: feedHealth, slot: Relay.slotName(for: endpoint.database)).addRoutes(
+        to: router)
 
     let gate = StartupGate()
     let hub = Hub(bufferLimit: configuration.subscriberBufferLimit, logger: logger)
     let metrics = FeedMetrics(objectives: configuration.sloObjectives)
-    var streams = StreamController(hub: hub, database: database, tokens: tokens, metrics: metrics, enabled: configuration.changeFeedEnabled)
+    let limits = UserRateLimits(configuration: configuration)
+    var streams = StreamController(
+        hub: hub, database: database, tokens: tokens, metrics: metrics, limits: limits, enabled: configuration.changeFeedEnabled)
     streams.shutdownRetrySpread = configuration.shutdownRetrySpread
     streams.addRoutes(to: router)
     let bus = NodeBus(endpoint: endpoint, nodeID: configuration.nodeID, logger: logger)
@@ -46,7 +50,7 @@ public func buildApplication(
     SLOController(slo: metrics.slo, tokens: tokens, nodeID: configuration.nodeID).addRoutes(to: router)
     MetricsController(metrics: metrics, hub: hub, database: database, slot: Relay.slotName(for: endpoint.database)).addRoutes(to: router)
 
-    let rest = router.group("rest/v1").add(middleware: AuthMiddleware(tokens: tokens))
+    let rest = router.group("rest/v1").add(middleware: AuthMiddleware(tokens: tokens)).add(middleware: WriteRateLimitMiddleware(limits: limits))
     SnapshotController(database: database).addRoutes(to: rest)
     for schema in TableSchema.exposed {
         RowController(schema: schema, database: database, maxBodyBytes: configuration.maxBodyBytes).addRoutes(to: rest)
@@ -58,7 +62,12 @@ public func buildApplication(
         endpoint: endpoint,
         gate: gate,
         logger: logger,
-        prepare: { try await FeedBootstrap.load(into: hub, client: database.client, logger: logger) },
+        prepare: {
+            let head = try await FeedBootstrap.load(into: hub, client: database.client, logger: logger)
+            feedHealth?.bootstrapped()
+            return head
+        },
+        read: { feedHealth?.tailerRead() },
         deliver: { events in
             metrics.recordFanOut(of: events)
             hub.publish(events)
@@ -100,7 +109,10 @@ public func buildApplication(
                 // A checkpoint logs the running transactions, which slot creation waits for.
                 _ = try? await database.client.rowsIfOpen("CHECKPOINT", logger: logger)
             })
-            if created { logger.info("created the replication slot", metadata: ["slot": "\(stream.slot)"]) }
+            if created {
+                logger.info("created the replication slot", metadata: ["slot": "\(stream.slot)"])
+                try await MembershipHistory.reconcile(client: database.client, logger: logger)
+            }
         }
         try await afterMigrations?(database.client)
         gate.open()

@@ -44,6 +44,22 @@ public struct Configuration: Sendable {
     public var presenceRate = 5.0
     /// `--presence-burst`, `REALTIME_PRESENCE_BURST`: how many of them may come at once.
     public var presenceBurst = 10
+    /// `--user-write-rate`, `REALTIME_USER_WRITE_RATE`: REST writes (POST, PUT, PATCH, DELETE) a user may make per
+    /// second to one node, on average; the service role is not limited.
+    public var userWriteRate = 20.0
+    /// `--user-write-burst`, `REALTIME_USER_WRITE_BURST`: how many of them may come at once.
+    public var userWriteBurst = 100
+    /// `--user-poll-rate`, `REALTIME_USER_POLL_RATE`: polls of `/realtime/v1/changes` a user may make per second.
+    public var userPollRate = 5.0
+    /// `--user-poll-burst`, `REALTIME_USER_POLL_BURST`: how many of them may come at once.
+    public var userPollBurst = 30
+    /// `--user-stream-rate`, `REALTIME_USER_STREAM_RATE`: streams a user may open per second.
+    public var userStreamRate = 2.0
+    /// `--user-stream-burst`, `REALTIME_USER_STREAM_BURST`: how many may open at once.
+    public var userStreamBurst = 30
+    /// `--ready-max-lag-seconds`, `REALTIME_READY_MAX_LAG_SECONDS`: `/readyz` answers 503 when this node's change feed
+    /// has not read the log, no relay has streamed the slot, or the relay has not confirmed waiting WAL for this long.
+    public var readyMaxLagSeconds = 30
     /// `--node-id`, `REALTIME_NODE_ID`: this node's name in presence entries; by default host name, pid and a random part.
     public var nodeID = Configuration.defaultNodeID()
 
@@ -122,13 +138,23 @@ public struct Configuration: Sendable {
         if let value = environment["REALTIME_PRESENCE_TTL_SECONDS"] {
             configuration.presenceTTLSeconds = try int(value, "REALTIME_PRESENCE_TTL_SECONDS", 3...3600)
         }
-        if let value = environment["REALTIME_PRESENCE_RATE"] {
-            guard let rate = Double(value), rate >= 0.01, rate <= 10_000 else {
-                throw ConfigurationError("REALTIME_PRESENCE_RATE must be a number from 0.01 to 10000; got '\(value)'.")
-            }
-            configuration.presenceRate = rate
+        if let value = environment["REALTIME_PRESENCE_RATE"] { configuration.presenceRate = try rate(value, "REALTIME_PRESENCE_RATE") }
+        if let value = environment["REALTIME_USER_WRITE_RATE"] { configuration.userWriteRate = try rate(value, "REALTIME_USER_WRITE_RATE") }
+        if let value = environment["REALTIME_USER_WRITE_BURST"] {
+            configuration.userWriteBurst = try int(value, "REALTIME_USER_WRITE_BURST", 1...100_000)
+        }
+        if let value = environment["REALTIME_USER_POLL_RATE"] { configuration.userPollRate = try rate(value, "REALTIME_USER_POLL_RATE") }
+        if let value = environment["REALTIME_USER_POLL_BURST"] {
+            configuration.userPollBurst = try int(value, "REALTIME_USER_POLL_BURST", 1...100_000)
+        }
+        if let value = environment["REALTIME_USER_STREAM_RATE"] { configuration.userStreamRate = try rate(value, "REALTIME_USER_STREAM_RATE") }
+        if let value = environment["REALTIME_USER_STREAM_BURST"] {
+            configuration.userStreamBurst = try int(value, "REALTIME_USER_STREAM_BURST", 1...100_000)
         }
         if let value = environment["REALTIME_PRESENCE_BURST"] { configuration.presenceBurst = try int(value, "REALTIME_PRESENCE_BURST", 1...100_000) }
+        if let value = environment["REALTIME_READY_MAX_LAG_SECONDS"] {
+            configuration.readyMaxLagSeconds = try int(value, "REALTIME_READY_MAX_LAG_SECONDS", 1...3600)
+        }
         if let value = environment["REALTIME_NODE_ID"], !value.isEmpty { configuration.nodeID = value }
         if let value = environment["REALTIME_TLS_CERT"], !value.isEmpty { configuration.tlsCertificatePath = value }
         if let value = environment["REALTIME_TLS_KEY"], !value.isEmpty { configuration.tlsKeyPath = value }
@@ -151,6 +177,14 @@ public struct Configuration: Sendable {
             configuration.sloDisconnectPercent = try percent(value, "REALTIME_SLO_DISCONNECT_PERCENT")
         }
         return configuration
+    }
+
+    /// A rate, per second, from 0.01 to 10000.
+    public static func rate(_ text: String, _ name: String) throws(ConfigurationError) -> Double {
+        guard let value = Double(text), value >= 0.01, value <= 10_000 else {
+            throw ConfigurationError("\(name) must be a number from 0.01 to 10000; got '\(text)'.")
+        }
+        return value
     }
 
     /// A percentage from 0.001 to 100.

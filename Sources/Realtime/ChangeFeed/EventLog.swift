@@ -199,6 +199,15 @@ public enum EventLog {
         logger: Logger
     ) async throws -> (events: [ChangeEvent], readThrough: Int64) {
         let head = try await newestSequence(client: client, logger: logger)
+        let query = channelRead(after: cursor, limit: limit, channels: channels, memberBranches: memberBranches)
+        let rows = try await client.rowsIfOpen(query, logger: logger)
+        let events = try rows.map(event(from:))
+        let readThrough = events.count >= limit ? events.last?.sequence ?? cursor : max(head, events.last?.sequence ?? cursor, cursor)
+        return (events, readThrough)
+    }
+
+    /// The statement of ``read(after:limit:channels:memberBranches:client:logger:)``.
+    static func channelRead(after cursor: Int64, limit: Int, channels: Set<Channel>, memberBranches: Set<UUID>) -> PostgresQuery {
         var branches: [UUID] = []
         var plans: [UUID] = []
         for channel in channels {
@@ -214,10 +223,7 @@ public enum EventLog {
         bindings.append(branches)
         bindings.append(plans)
         bindings.append(Array(memberBranches))
-        let rows = try await client.rowsIfOpen(PostgresQuery(unsafeSQL: channelReadSQL, binds: bindings), logger: logger)
-        let events = try rows.map(event(from:))
-        let readThrough = events.count >= limit ? events.last?.sequence ?? cursor : max(head, events.last?.sequence ?? cursor, cursor)
-        return (events, readThrough)
+        return PostgresQuery(unsafeSQL: channelReadSQL, binds: bindings)
     }
 
     /// One ordered, limited index scan per channel and per locating column, merged: see ``read(after:limit:channels:memberBranches:client:logger:)``.

@@ -87,6 +87,9 @@ public struct Relay: Service {
     }
 
     private func lead(on connection: PostgresConnection, _ attempt: LeadAttempt) async throws {
+        // The slot's position is confirmed only after a batch's COMMIT answers: that commit must be durable then, even
+        // on a server tuned to synchronous_commit = off, or a crash could lose a batch the slot will never send again.
+        try await Self.whileOpen(connection) { [logger] in _ = try await connection.queryIfOpen("SET synchronous_commit = on", logger: logger) }
         while true {
             try Task.checkCancellation()
             let acquired = try await Self.whileOpen(connection) { [logger] in
@@ -118,7 +121,7 @@ public struct Relay: Service {
             logger.info("created the replication slot", metadata: ["slot": "\(slot)"])
             // The log has none of the changes made before the slot: bring its memberships in line with the table.
             let appended = try await Self.whileOpen(connection) { [logger] in
-                let rows = try await connection.queryIfOpen("SELECT realtime.reconcile_memberships()", logger: logger)
+                let rows = try await connection.queryIfOpen(MembershipHistory.reconcileStatement, logger: logger)
                 var appended = 0
                 for try await count in rows.decode(Int.self) { appended = count }
                 if appended > 0 {

@@ -14,6 +14,7 @@ public struct Tailer: Service {
     let logger: Logger
     let gate: StartupGate
     let prepare: @Sendable () async throws -> Int64
+    let read: @Sendable () -> Void
     let deliver: @Sendable ([ChangeEvent]) async -> Void
     var pollInterval: Duration = .milliseconds(250)
     var batchSize = 1000
@@ -22,6 +23,7 @@ public struct Tailer: Service {
     ///   - gate: opens when the schema is ready.
     ///   - prepare: runs once the gate is open; loads what the fan-out needs and returns the newest sequence it accounts
     ///     for, from which the tailer follows.
+    ///   - read: told each time the log was read to its end (for `/readyz`).
     ///   - deliver: receives each batch of new events, in sequence order.
     public init(
         client: PostgresClient,
@@ -29,6 +31,7 @@ public struct Tailer: Service {
         gate: StartupGate,
         logger: Logger,
         prepare: @escaping @Sendable () async throws -> Int64,
+        read: @escaping @Sendable () -> Void = {},
         deliver: @escaping @Sendable ([ChangeEvent]) async -> Void
     ) {
         self.client = client
@@ -36,6 +39,7 @@ public struct Tailer: Service {
         self.gate = gate
         self.logger = logger
         self.prepare = prepare
+        self.read = read
         self.deliver = deliver
     }
 
@@ -69,6 +73,7 @@ public struct Tailer: Service {
                     cursor = last.sequence
                     if events.count < batchSize { break }
                 }
+                read()
             } catch {
                 logger.warning("reading the event log failed", metadata: ["error": "\(String(reflecting: error))"])
             }

@@ -93,6 +93,18 @@ struct MembershipHistory: Sendable, Equatable {
         return MembershipHistory(userID: userID, intervals: intervals, coveredThrough: head)
     }
 
+    /// The statement that logs, as `branch_member` events, every difference between the memberships the log knows and
+    /// the table (see `realtime.reconcile_memberships()` in migration 0004); it answers how many it logged.
+    static let reconcileStatement: PostgresQuery = "SELECT realtime.reconcile_memberships()"
+
+    /// For a replication slot just created: logs the memberships made while there was none, and wakes the tailers.
+    static func reconcile(client: PostgresClient, logger: Logger) async throws {
+        let appended = try await client.rowsIfOpen(reconcileStatement, logger: logger).first?.decode(Int.self) ?? 0
+        guard appended > 0 else { return }
+        try await client.rowsIfOpen("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
+        logger.notice("logged memberships made while there was no replication slot", metadata: ["events": "\(appended)"])
+    }
+
     /// Every membership that holds at the log's head, and that head, read in one statement: what the fan-out starts
     /// from, exactly as the log left it.
     static func current(client: PostgresClient, logger: Logger) async throws -> (head: Int64, memberships: [UUID: Memberships]) {

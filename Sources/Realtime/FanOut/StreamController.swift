@@ -18,6 +18,8 @@ struct StreamController {
     let database: Database
     let tokens: TokenAuthority
     let metrics: FeedMetrics
+    /// Each user's budget of stream opens and polls.
+    let limits: UserRateLimits
     /// False on a node started with the change feed off: streams are refused rather than left silent.
     let enabled: Bool
     /// The reconnect hint, before jitter.
@@ -46,6 +48,7 @@ struct StreamController {
     private func stream(_ request: Request, _ context: AppRequestContext, channels: [Channel]) async throws -> Response {
         guard enabled else { throw APIError.notReady("The change feed is turned off on this node (REALTIME_CHANGE_FEED=0).") }
         let (principal, expiresAt) = try await AuthMiddleware.authenticate(request, tokens: tokens, allowQueryToken: true)
+        try limits.takeStream(principal)
         let parameters = request.queryPairs
         let options = try SubscriptionOptions(parameters: parameters)
         let cursorText = request.headers[.lastEventID] ?? parameters.last(where: { $0.0 == "last_event_id" })?.1
@@ -172,6 +175,7 @@ struct StreamController {
     private func poll(_ request: Request, _ context: AppRequestContext) async throws -> Response {
         guard enabled else { throw APIError.notReady("The change feed is turned off on this node (REALTIME_CHANGE_FEED=0).") }
         let (principal, _) = try await AuthMiddleware.authenticate(request, tokens: tokens, allowQueryToken: true)
+        try limits.takePoll(principal)
         let parameters = request.queryPairs
         let channels = try Set(parameters.filter { $0.0 == "channel" }.map { try Channel(parsing: $0.1) })
         guard !channels.isEmpty else { throw APIError.invalidParameter("Name at least one channel, e.g. channel=branch:<uuid>.") }

@@ -11,6 +11,7 @@ public final class FeedMetrics: Sendable {
     let framesOut: Counter
     let openStreams: Gauge
     let relayLagBytes: Gauge
+    let slotRetainedWALBytes: Gauge
     private let delays: [String: ValueHistogram]
     private let disconnects: [String: Counter]
     /// The service level over the last 10 minutes (`GET /realtime/v1/slo`), also exported as gauges at each scrape.
@@ -36,6 +37,10 @@ public final class FeedMetrics: Sendable {
         relayLagBytes = registry.makeGauge(
             name: "realtime_relay_lag_bytes",
             help: "WAL bytes between the server's current position and what the relay has confirmed (read at each scrape)."
+        )
+        slotRetainedWALBytes = registry.makeGauge(
+            name: "realtime_slot_retained_wal_bytes",
+            help: "WAL bytes the replication slot keeps on the server's disk (from its restart position; read at each scrape)."
         )
         var delays: [String: ValueHistogram] = [:]
         for table in EventLog.tables.keys {

@@ -12,11 +12,16 @@ struct MetricsController {
 
     func addRoutes(to router: Router<AppRequestContext>) {
         router.get("metrics") { _, context in
-            let lag = try? await database.client.rowsIfOpen(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8 FROM pg_replication_slots WHERE slot_name = \(slot)",
+            let slotState = try? await database.client.rowsIfOpen(
+                """
+                SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8
+                FROM pg_replication_slots WHERE slot_name = \(slot)
+                """,
                 logger: context.logger
-            ).first?.decode(Double?.self)
-            if let lag = lag ?? nil { metrics.relayLagBytes.set(to: lag) }
+            ).first?.decode((Double?, Double?).self)
+            if let lag = slotState?.0 { metrics.relayLagBytes.set(to: lag) }
+            if let retained = slotState?.1 { metrics.slotRetainedWALBytes.set(to: retained) }
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))

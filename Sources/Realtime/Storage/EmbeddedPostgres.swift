@@ -245,6 +245,7 @@ public struct EmbeddedPostgres: Sendable {
         wal_level = logical
         max_wal_senders = 64
         max_replication_slots = 64
+        max_slot_wal_keep_size = 4GB
         timezone = 'UTC'
         log_timezone = 'UTC'
 

@@ -76,6 +76,8 @@ final class SSEClient: Sendable {
                     }
                 }
             } catch {
+                // No answer (or the body broke off): keep the error, so that a test that expected an answer says why.
+                client.state.withLock { $0.errorBody += "\(error)" }
                 openedContinuation.yield()
             }
         }

@@ -36,6 +36,13 @@ struct TestServer {
         // HummingbirdTesting's live client keeps one connection and cannot reconnect once the server closes it as idle:
         // tests that wait long between requests would fail. The idle timeout has tests of its own, which set it.
         configuration.idleTimeoutSeconds = 600
+        // Tests send many requests as one user in a moment; the per-user limits have tests of their own, which set them.
+        configuration.userWriteRate = 10_000
+        configuration.userWriteBurst = 100_000
+        configuration.userPollRate = 10_000
+        configuration.userPollBurst = 100_000
+        configuration.userStreamRate = 10_000
+        configuration.userStreamBurst = 100_000
         configure(&configuration)
         let endpoint: DatabaseEndpoint
         if let database { endpoint = database } else { endpoint = try await TestCluster.freshDatabase() }
