@@ -116,3 +116,22 @@ BEGIN
     RETURN appended;
 END;
 $$;
+
+-- Idempotency keys are capped per principal: past the newest 10,000 (within the 24 h retention), the oldest are
+-- forgotten, so that no caller can grow the table without bound. The caller deletes only its own rows (RLS).
+GRANT DELETE ON realtime.idempotency_key TO realtime_authenticated, realtime_service;
+CREATE INDEX idempotency_key_owner_created_idx ON realtime.idempotency_key (owner, created_at DESC, key);
+
+CREATE FUNCTION realtime.cap_idempotency_keys() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM realtime.idempotency_key k
+    WHERE k.owner = NEW.owner
+      AND k.key IN (SELECT o.key FROM realtime.idempotency_key o WHERE o.owner = NEW.owner
+                    ORDER BY o.created_at DESC, o.key DESC OFFSET 10000 LIMIT 100);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER idempotency_key_cap AFTER INSERT ON realtime.idempotency_key
+FOR EACH ROW EXECUTE FUNCTION realtime.cap_idempotency_keys();

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import NIOCore
+import Synchronization
 import Testing
 
 @testable import Realtime
@@ -637,6 +638,19 @@ extension Subscription {
         #expect(hub.memberships(of: Fixture.alice).role(in: Fixture.branchB) == .viewer)
         _ = try hub.subscribe(
             principal: .user(Fixture.alice), channels: [.branch(Fixture.branchB)], admittedWith: Memberships([Fixture.branchB: .viewer]))
+    }
+
+    @Test func theRemovalsTheHubRemembersAreBounded() {
+        let hub = Fixture.hub()
+        let removals = (1...Int64(HubState.removedMembershipsLimit + 50)).map { sequence in
+            Fixture.event(
+                sequence, "branch_member", .delete, branch: Fixture.branchA, oldRecord: Fixture.memberRow(user: UUID(), branch: Fixture.branchA))
+        }
+        hub.publish(removals)
+        let remembered = hub.state.withLock { $0.removedMemberships }
+        #expect(remembered.count <= HubState.removedMembershipsLimit)
+        // The newest removal is remembered: a read of the database from before it is refused.
+        #expect(remembered.values.contains(removals.last!.sequence))
     }
 
     @Test func aMembershipTheDatabaseHasButTheFeedHasNotReachedShowsNoEarlierEvent() throws {

@@ -444,4 +444,43 @@ import Testing
             _ = try await waitForReadiness(.ok, "the relay caught up")
         }
     }
+
+    @Test func idempotencyKeysAreCappedPerUser() async throws {
+        let server = try await TestServer.make()
+        try await server.test { client in
+            let team = try await Team.make(client)
+            let owner = Principal.user(team.editor).key
+            // 10,000 keys already, the oldest first (written as the table's owner, without the cap's trigger, for speed).
+            try await server.withOwnerConnection { connection in
+                _ = try await connection.query("ALTER TABLE realtime.idempotency_key DISABLE TRIGGER idempotency_key_cap", logger: server.logger)
+                _ = try await connection.query(
+                    """
+                    INSERT INTO realtime.idempotency_key (owner, key, request_hash, status, response, created_at)
+                    SELECT \(owner), 'old-' || lpad(i::text, 5, '0'), 'h', 201, '{}', now() - interval '1 hour' + i * interval '1 ms'
+                    FROM generate_series(1, 10000) AS i
+                    """,
+                    logger: server.logger
+                )
+                _ = try await connection.query("ALTER TABLE realtime.idempotency_key ENABLE TRIGGER idempotency_key_cap", logger: server.logger)
+            }
+            for index in 0..<3 {
+                var headers = HTTPFields()
+                headers[Idempotency.header] = "new-\(index)"
+                let reply = try await client.send(
+                    .post, "/rest/v1/client_cards", as: .user(team.editor), json: #"{"branch_id":"\#(team.branch)","name":"c\#(index)"}"#,
+                    headers: headers)
+                #expect(reply.status == .created)
+            }
+            let keys = try await server.withOwnerConnection { connection in
+                var keys: [String] = []
+                let rows = try await connection.query(
+                    "SELECT key FROM realtime.idempotency_key WHERE owner = \(owner) ORDER BY created_at, key", logger: server.logger)
+                for try await key in rows.decode(String.self) { keys.append(key) }
+                return keys
+            }
+            #expect(keys.count == 10_000)
+            #expect(keys.prefix(3) == ["old-00004", "old-00005", "old-00006"])
+            #expect(keys.suffix(3) == ["new-0", "new-1", "new-2"])
+        }
+    }
 }
