@@ -13,7 +13,10 @@ import Testing
 ///   cursor until its user lost the branch — computed here from the event log and the memberships it records, not by
 ///   the server's fan-out;
 /// - **isolated and convergent:** the rows rebuilt from its events are exactly what its user reads of that branch
-///   under PostgreSQL's row-level security.
+///   under PostgreSQL's row-level security;
+/// - **DELETEs show the row as it was:** every DELETE it received (a plain delete, or a row moving out of its branch)
+///   has `record` `{}` and as `old_record` the row in its branch, column by column the last version the stream had of
+///   it and the row as the log held it before that event, with no value of the row after a move.
 ///
 /// It runs plain, and with a fault injected while it runs: every database connection of the server killed twice
 /// (writers then retry a `503 database_unavailable` with the same `Idempotency-Key`, as clients do), or a transaction
@@ -169,11 +172,14 @@ struct DeliveryCheckerTests {
                             "INSERT INTO client_card (id, branch_id, name) VALUES (\(id), \(branch), 'c')", logger: server.logger)
                         cards.append((id, branch))
                     case 5:
-                        // A card (cards have no attachments here) moves to another branch.
+                        // A card (cards have no attachments here) moves to another branch, with a new phone in the
+                        // same write: those of the branch it leaves must see neither.
                         guard !cards.isEmpty else { continue }
                         let index = Int.random(in: 0..<cards.count, using: &random)
                         let to = branches.filter { $0 != cards[index].branch }.randomElement(using: &random)!
-                        try await connection.query("UPDATE client_card SET branch_id = \(to) WHERE id = \(cards[index].id)", logger: server.logger)
+                        try await connection.query(
+                            "UPDATE client_card SET branch_id = \(to), phone = \("phone \(step)") WHERE id = \(cards[index].id)",
+                            logger: server.logger)
                         cards[index].branch = to
                     case 6:
                         guard let (task, taskBranch) = tasks.randomElement(using: &random) else { continue }
@@ -218,6 +224,8 @@ struct DeliveryCheckerTests {
                 group.addTask { await database.client.run() }
                 defer { group.cancelAll() }
                 let log = try await Self.events(database, after: 0)
+                let history = LogHistory(log)
+                var checkedDeletes = DeleteCheck()
                 for watch in watches {
                     let expected = Self.expected(for: watch, in: log, after: start, memberships: memberships)
                     try await watch.stream.waitFor("seq \(end) or the end of the stream", timeout: .seconds(30)) { frames in
@@ -241,6 +249,13 @@ struct DeliveryCheckerTests {
                         watch.stream.frames.contains { $0.event == "revoked" } == revoked,
                         "seed \(seed): a stream ends revoked exactly when its user lost the branch")
 
+                    // Every DELETE it received (before any revocation too) shows the row as it was.
+                    let deletes = Self.checkDeletes(in: watch.stream.changes, branch: watch.branch, history: history)
+                    #expect(
+                        deletes.problems.isEmpty,
+                        "seed \(seed): user \(watch.user) on branch \(watch.branch):\n\(deletes.problems.joined(separator: "\n"))")
+                    checkedDeletes.add(deletes)
+
                     // Convergent and isolated: the rows rebuilt from the stream are what the user reads under RLS.
                     guard !revoked else { continue }
                     let initialRows = try await Self.rowsUnderRLS(database, as: .user(watch.user), branch: watch.branch, asOf: start, log: log)
@@ -255,8 +270,139 @@ struct DeliveryCheckerTests {
                     #expect(rebuilt == truth, "seed \(seed): user \(watch.user) on branch \(watch.branch) did not converge")
                 }
                 for watch in watches { watch.stream.close() }
+                #expect(
+                    checkedDeletes.movesOut > 0 && checkedDeletes.plain > 0 && checkedDeletes.againstStream > 0,
+                    "seed \(seed): the DELETEs checked are too few to tell: \(checkedDeletes)")
             }
         }
+    }
+
+    /// The check of DELETE frames fails the server's old behaviour (a move shown to those it leaves as the row after
+    /// it) and passes the new (the row as it was).
+    @Test func theDeleteCheckTellsARowAfterAMoveFromTheRowAsItWas() {
+        let (from, to, card) = (UUID(), UUID(), UUID())
+        let id = card.uuidString.lowercased()
+        let before = #"{"id":"\#(id)","branch_id":"\#(from.uuidString.lowercased())","name":"c","phone":"old phone"}"#
+        let after = #"{"id":"\#(id)","branch_id":"\#(to.uuidString.lowercased())","name":"c","phone":"new phone"}"#
+        let time = Date()
+        let insert = ChangeEvent(
+            sequence: 1, table: "client_card", operation: .insert, commitTimestamp: "t", commitTime: time, branchID: from, planID: nil,
+            taskID: nil, record: before, oldRecord: "{}")
+        let move = ChangeEvent(
+            sequence: 2, table: "client_card", operation: .update, commitTimestamp: "t", commitTime: time, branchID: to, planID: nil,
+            taskID: nil, oldBranchID: from, record: after,
+            oldRecord: #"{"branch_id":"\#(from.uuidString.lowercased())","phone":"old phone"}"#)
+        let history = LogHistory([insert, move])
+        func frames(_ shown: ChangeEvent) -> [SSEClient.Frame] {
+            [insert, shown].map { event in
+                SSEClient.Frame(
+                    id: "\(event.sequence)", event: "postgres_changes", data: SSEFrame.changeJSON(event, channels: [.branch(from)], id: nil))
+            }
+        }
+
+        let right = Self.checkDeletes(in: frames(move.delivered(as: .delete)), branch: from, history: history)
+        #expect(right.problems.isEmpty && right.movesOut == 1 && right.againstStream == 1, "\(right)")
+
+        var wrong = move.delivered(as: .delete)
+        wrong.oldRecord = move.record
+        let problems = Self.checkDeletes(in: frames(wrong), branch: from, history: history).problems
+        for expected in ["branch_id", "phone", "not the stream's branch", "the stream last had", "the log held", "of the row after the move"] {
+            #expect(problems.contains { $0.contains(expected) }, "'\(expected)' not in \(problems)")
+        }
+    }
+
+    /// Each row's last version in the log before each event: the record of its latest INSERT or UPDATE.
+    struct LogHistory {
+        var events: [Int64: ChangeEvent] = [:]
+        var rowBefore: [Int64: [String: JSONValue]] = [:]
+
+        init(_ log: [ChangeEvent]) {
+            var last: [String: [String: JSONValue]] = [:]
+            for event in log {
+                events[event.sequence] = event
+                if event.operation == .truncate {
+                    last = last.filter { !$0.key.hasPrefix("\(event.table)/") }
+                    continue
+                }
+                let key = "\(event.table)/\(PolicyEquivalenceTests.rowID(event))"
+                rowBefore[event.sequence] = last[key]
+                last[key] = event.operation == .delete ? nil : PolicyEquivalenceTests.object(event.record)
+            }
+        }
+    }
+
+    /// What the DELETE frames of a stream showed, and what was wrong with them.
+    struct DeleteCheck: CustomStringConvertible {
+        var problems: [String] = []
+        /// DELETEs of rows moving out of the branch, and of rows deleted.
+        var movesOut = 0
+        var plain = 0
+        /// DELETEs of rows the stream had seen before.
+        var againstStream = 0
+
+        mutating func add(_ other: DeleteCheck) {
+            problems += other.problems
+            movesOut += other.movesOut
+            plain += other.plain
+            againstStream += other.againstStream
+        }
+
+        var description: String { "\(movesOut) moves out, \(plain) deletes, \(againstStream) of rows the stream had seen; problems: \(problems)" }
+    }
+
+    /// Checks the DELETE frames of a stream of `branch`: `record` `{}`, and `old_record` the row as it was — in this
+    /// branch; column by column the last version the stream had of it (the record of its latest INSERT or UPDATE); the
+    /// row as the log held it before the event (or, for a row the log has no earlier version of, the DELETE's own old
+    /// row as logged); and no value that only the row after a move has.
+    static func checkDeletes(in frames: [SSEClient.Frame], branch: UUID, history: LogHistory) -> DeleteCheck {
+        var check = DeleteCheck()
+        var seen: [String: [String: JSONValue]] = [:]
+        for frame in frames {
+            guard let table = frame.table, let payload = PolicyEquivalenceTests.object(frame.data) else { continue }
+            let record = Self.fields(payload["record"])
+            guard frame.operation == "DELETE" else {
+                let key = "\(table)/\(record["id"]?.stringValue ?? "?")"
+                seen[key, default: [:]].merge(record) { _, new in new }
+                continue
+            }
+            let old = Self.fields(payload["old_record"])
+            let key = "\(table)/\(old["id"]?.stringValue ?? "?")"
+            var problems: [String] = []
+            if !record.isEmpty { problems.append("record is \(PolicyEquivalenceTests.show(payload["record"])), not {}") }
+            if old["branch_id"]?.stringValue.flatMap(UUID.init(uuidString:)) != branch {
+                problems.append("old_record's branch_id \(PolicyEquivalenceTests.show(old["branch_id"])) is not the stream's branch")
+            }
+            if let last = seen.removeValue(forKey: key) {
+                check.againstStream += 1
+                problems += PolicyEquivalenceTests.differences(old, last).map { "old_record is not what the stream last had: \($0)" }
+            }
+            if let event = Int64(frame.id ?? "").flatMap({ history.events[$0] }) {
+                let moved = event.operation == .update
+                if moved { check.movesOut += 1 } else { check.plain += 1 }
+                let logged = history.rowBefore[event.sequence] ?? (moved ? nil : PolicyEquivalenceTests.object(event.oldRecord))
+                if let logged {
+                    problems += PolicyEquivalenceTests.differences(old, logged).map { "old_record is not the row the log held before: \($0)" }
+                    let asItWas = Set(logged.values.compactMap(\.stringValue))
+                    let after = moved ? PolicyEquivalenceTests.object(event.record) ?? [:] : [:]
+                    for (column, value) in after.sorted(by: { $0.key < $1.key }) {
+                        guard let text = value.stringValue, !asItWas.contains(text), frame.data.contains(text) else { continue }
+                        problems.append("the frame holds \(column) \(PolicyEquivalenceTests.show(value)) of the row after the move")
+                    }
+                } else {
+                    problems.append("the log holds no version of the row before \(event.sequence)")
+                }
+            } else {
+                problems.append("its id is no event of the log")
+            }
+            check.problems += problems.map { "DELETE \(frame.id ?? "-") of \(key): \($0)" }
+        }
+        return check
+    }
+
+    /// The fields of a JSON object value; none for anything else.
+    static func fields(_ value: JSONValue?) -> [String: JSONValue] {
+        guard case .object(let fields) = value else { return [:] }
+        return fields
     }
 
     /// A write through REST as the service role that, like a client, retries a `503 database_unavailable` (its
