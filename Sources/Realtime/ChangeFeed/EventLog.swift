@@ -17,19 +17,23 @@ public enum EventLog {
         "branch_member": (plan: nil, task: nil),
     ]
 
+    /// The most changes the relay appends in one statement.
+    static let maxBatchChanges = 1000
+
     /// The NOTIFY channel that wakes the tailers after each appended batch.
     public static let wakeUpChannel = "realtime_events"
 
-    /// Appends the changes of committed transactions, in order, in the caller's open transaction, with one statement
-    /// for the whole batch (one round trip, however many changes: a statement per change made the relay the
-    /// bottleneck under load). A change already logged (same commit LSN and index, replayed after a crash) is skipped.
-    /// Returns the number of changes offered (not counting those of other tables).
+    /// Appends the changes of committed transactions (or pieces of one), in order, in the caller's open transaction, with
+    /// one statement for the whole batch (one round trip: a statement per change made the relay the bottleneck under
+    /// load; the relay keeps a batch to ``maxBatchChanges``). A change already logged (same commit LSN and index,
+    /// replayed after a crash) is skipped. Returns the number of changes offered (not counting those of other tables).
     @discardableResult
     static func append(_ transactions: [WALTransaction], on connection: PostgresConnection, logger: Logger) async throws -> Int {
         var batch = AppendBatch()
         for transaction in transactions {
             let lsn = LogicalReplicationStream.formatLSN(transaction.commitLSN)
-            for (index, change) in transaction.changes.enumerated() {
+            for (position, change) in transaction.changes.enumerated() {
+                let index = transaction.firstIndex + position
                 guard change.schema == "public", let locators = tables[change.table] else { continue }
                 guard change.operation != .truncate else {
                     batch.appendTruncate(of: change.table, lsn: lsn, index: index, in: transaction)

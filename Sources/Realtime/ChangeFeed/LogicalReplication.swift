@@ -162,8 +162,13 @@ public final class LogicalReplicationStream: Sendable {
     /// Every call opens a new connection. The stream finishes with an error when the connection breaks (the caller
     /// reconnects by calling this again; the confirmed position is kept) and without one after `stop()` or when its consumer
     /// goes away. A slot streamed by another connection fails with `sqlState` `55006` (`ReplicationError.slotInUse`).
-    /// Transactions without row changes or TRUNCATEs (e.g. of tables outside the publication) are not delivered.
-    public func transactions() -> AsyncThrowingStream<WALTransaction, any Error> {
+    /// Transactions without row changes or TRUNCATEs (e.g. of tables outside the publication) are not delivered; a large
+    /// one arrives in pieces (``WALTransaction/isComplete``).
+    ///
+    /// - Parameter inFlightLimit: with a limit, the session stops reading the server once the consumer holds that many
+    ///   changes (``WALTransaction/weight``) it has not given back with ``release(_:)``: memory stays bounded whatever
+    ///   the backlog (pieces are bounded in bytes too).
+    public func transactions(inFlightLimit: Int? = nil) -> AsyncThrowingStream<WALTransaction, any Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: WALTransaction.self, throwing: (any Error).self)
         let control: SessionControl
         do {
@@ -185,7 +190,8 @@ public final class LogicalReplicationStream: Sendable {
         }
         continuation.onTermination = { _ in control.requestStop() }
 
-        let parameters = ReplicationSession.Parameters(conninfo: conninfo, slot: slot, publication: publication, logger: logger)
+        let parameters = ReplicationSession.Parameters(
+            conninfo: conninfo, slot: slot, publication: publication, logger: logger, inFlightLimit: inFlightLimit)
         let thread = Thread { [self] in
             let session = ReplicationSession(
                 parameters: parameters,
@@ -213,6 +219,13 @@ public final class LogicalReplicationStream: Sendable {
             return Array(state.sessions.values)
         }
         for control in controls { control.requestStatusUpdate() }
+    }
+
+    /// Gives back transactions or pieces the consumer is done with, by their total ``WALTransaction/weight`` (see
+    /// `transactions(inFlightLimit:)`).
+    public func release(_ weight: Int) {
+        let controls = state.withLock { Array($0.sessions.values) }
+        for control in controls { control.released(weight) }
     }
 
     /// Ends the streams and closes their connections (promptly, on their threads); later `transactions()` finish at once.
@@ -289,6 +302,8 @@ private final class SessionControl: Sendable {
     private struct Flags {
         var stop = false
         var statusUpdate = false
+        /// The weight (``WALTransaction/weight``) of what was handed to the consumer and not yet released by it.
+        var inFlight = 0
     }
 
     private let flags = Mutex(Flags())
@@ -324,6 +339,21 @@ private final class SessionControl: Sendable {
 
     var isStopRequested: Bool { flags.withLock { $0.stop } }
 
+    /// The session handed the consumer a transaction or piece of this weight.
+    func delivered(_ weight: Int) { flags.withLock { $0.inFlight += weight } }
+
+    /// The consumer is done with transactions or pieces of this total weight: room for as much more.
+    func released(_ weight: Int) {
+        flags.withLock { $0.inFlight = max(0, $0.inFlight - weight) }
+        wake()
+    }
+
+    /// Whether the consumer holds a weight of `limit` or more (nil: no limit).
+    func isFull(limit: Int?) -> Bool {
+        guard let limit else { return false }
+        return flags.withLock { $0.inFlight >= limit }
+    }
+
     /// The requests made since the last call: whether to stop, whether to send a status update now.
     func takeRequests() -> (stop: Bool, statusUpdate: Bool) {
         flags.withLock { flags in
@@ -351,6 +381,8 @@ private final class ReplicationSession {
         var slot: String
         var publication: String
         var logger: Logger
+        /// The most weight (changes) the consumer may hold before the session stops reading (nil: no limit).
+        var inFlightLimit: Int?
     }
 
     private let parameters: Parameters
@@ -452,6 +484,12 @@ private final class ReplicationSession {
                 flushPending = flushed == 1
             }
 
+            // Backpressure: with as many pieces handed over as the consumer allows, read nothing more; the server's
+            // walsender then waits on the socket, and the WAL waits in the slot.
+            if control.isFull(limit: parameters.inFlightLimit) {
+                try wait(on: connection, socket: socket, reading: false)
+                continue
+            }
             var buffer: UnsafeMutablePointer<CChar>?
             let count = PQgetCopyData(connection, &buffer, 1)
             if count > 0, let buffer {
@@ -468,12 +506,13 @@ private final class ReplicationSession {
         }
     }
 
-    /// Waits until the socket is readable (or writable, when output is pending), a request arrives, or a status update is due.
-    private func wait(on connection: OpaquePointer, socket: Int32) throws(ReplicationError) {
+    /// Waits until the socket is readable (unless `reading` is false) or writable (when output is pending), a request
+    /// arrives (including room freed by the consumer), or a status update is due.
+    private func wait(on connection: OpaquePointer, socket: Int32, reading: Bool = true) throws(ReplicationError) {
         let untilStatus = nextStatusUpdate - clock.now
         let milliseconds = max(0, min(1000, untilStatus.components.seconds * 1000 + untilStatus.components.attoseconds / 1_000_000_000_000_000))
         var descriptors = [
-            pollfd(fd: socket, events: Int16(POLLIN) | (flushPending ? Int16(POLLOUT) : 0), revents: 0),
+            pollfd(fd: socket, events: (reading ? Int16(POLLIN) : 0) | (flushPending ? Int16(POLLOUT) : 0), revents: 0),
             pollfd(fd: control.wakeReader, events: Int16(POLLIN), revents: 0),
         ]
         let ready = poll(&descriptors, nfds_t(descriptors.count), Int32(milliseconds + 1))
@@ -482,7 +521,7 @@ private final class ReplicationSession {
             return
         }
         if descriptors[1].revents != 0 { control.drain() }
-        if descriptors[0].revents & ~Int16(POLLOUT) != 0 {
+        if reading, descriptors[0].revents & ~Int16(POLLOUT) != 0 {
             guard PQconsumeInput(connection) == 1 else { throw LibPQ.connectionError(connection, "the replication connection broke") }
         }
     }
@@ -509,11 +548,12 @@ private final class ReplicationSession {
                 break
             }
             guard let transaction = try assembler.consume(message) else { return }
-            if transaction.changes.isEmpty {
+            if transaction.changes.isEmpty && transaction.firstIndex == 0 {
                 idleLSN = max(idleLSN, transaction.endLSN)
                 return
             }
-            lastDeliveredLSN = transaction.endLSN
+            if transaction.isComplete { lastDeliveredLSN = transaction.endLSN }
+            control.delivered(transaction.weight)
             if case .terminated = continuation.yield(transaction) { control.requestStop() }
         }
     }

@@ -47,16 +47,26 @@ extension WALRowChange {
     }
 }
 
-/// One committed transaction, with its row changes in the order they were made.
+/// One committed transaction, with its row changes in the order they were made — or, for a transaction larger than a
+/// piece (``WALTransactionAssembler/maxPieceChanges`` changes or ``WALTransactionAssembler/maxPieceBytes`` of values),
+/// one piece of it: its pieces arrive in order, and only the last is ``isComplete``.
 public struct WALTransaction: Sendable, Equatable {
     public var xid: UInt32
-    /// The LSN of the commit record (Commit message).
+    /// The LSN of the commit record (from the Begin message, which announces it).
     public var commitLSN: UInt64
-    /// The end LSN of the transaction (Commit message): what to confirm once the transaction is stored.
+    /// The end LSN of the transaction (Commit message): what to confirm once the whole transaction is stored; 0 in a
+    /// piece that is not the last.
     public var endLSN: UInt64
     /// The commit time (UTC).
     public var commitTime: Date
     public var changes: [WALRowChange]
+    /// The position in the transaction of the first of `changes`.
+    public var firstIndex = 0
+    /// Whether this is the transaction's last piece (its Commit was read).
+    public var isComplete = true
+
+    /// What it counts for in a consumer's in-flight limit: its changes (at least 1).
+    public var weight: Int { max(1, changes.count) }
 
     public init(xid: UInt32, commitLSN: UInt64, endLSN: UInt64, commitTime: Date, changes: [WALRowChange]) {
         self.xid = xid
@@ -300,43 +310,80 @@ public struct PgOutputDecoder: Sendable {
     }
 }
 
-/// Gathers decoded pgoutput messages into whole transactions.
+/// Gathers decoded pgoutput messages into transactions, handed on in pieces of bounded size: a transaction of millions
+/// of rows never sits whole in memory.
 struct WALTransactionAssembler {
+    /// The most changes in one piece.
+    static let maxPieceChanges = 1000
+    /// About the most bytes of values in one piece.
+    static let maxPieceBytes = 4 << 20
+
     private var current: WALTransaction?
+    private var currentBytes = 0
 
     /// Whether a Begin was seen and its Commit not yet.
     var isInTransaction: Bool { current != nil }
 
-    /// Takes the next message; returns the transaction when `message` is its Commit.
+    /// Takes the next message; returns a piece when it filled one, and the last piece at the transaction's Commit.
     mutating func consume(_ message: PgOutputDecoder.DecodedMessage) throws(ReplicationError) -> WALTransaction? {
         switch message {
         case .begin(let finalLSN, let commitTime, let xid):
             guard current == nil else { throw ReplicationError("a Begin message arrived inside transaction \(current?.xid ?? 0)") }
             current = WALTransaction(xid: xid, commitLSN: finalLSN, endLSN: 0, commitTime: commitTime, changes: [])
+            currentBytes = 0
             return nil
         case .change(let change, _):
             guard current != nil else { throw ReplicationError("a row change arrived outside a transaction") }
-            current?.changes.append(change)
-            return nil
-        case .commit(_, let commitLSN, let endLSN, let commitTime):
+            return add(change)
+        case .commit(_, _, let endLSN, let commitTime):
             guard var transaction = current else { throw ReplicationError("a Commit message arrived outside a transaction") }
             current = nil
-            transaction.commitLSN = commitLSN
             transaction.endLSN = endLSN
             transaction.commitTime = commitTime
+            transaction.isComplete = true
             return transaction
         case .truncate(let relations, _):
             guard current != nil else { throw ReplicationError("a Truncate message arrived outside a transaction") }
             for relation in relations {
                 let (schema, table) = WALRowChange.split(relation)
-                current?.changes.append(
-                    WALRowChange(schema: schema, table: table, operation: .truncate, columns: [], typeOIDs: [], newValues: nil, oldValues: nil)
-                )
+                let change = WALRowChange(
+                    schema: schema, table: table, operation: .truncate, columns: [], typeOIDs: [], newValues: nil, oldValues: nil)
+                if let piece = add(change) { return piece }  // at most one piece: a TRUNCATE names few tables
             }
             return nil
         case .relation, .origin, .type, .message:
             return nil
         }
+    }
+
+    /// Adds a change to the current piece; returns the piece when it is full, and starts the next.
+    private mutating func add(_ change: WALRowChange) -> WALTransaction? {
+        guard var piece = current else { return nil }
+        piece.changes.append(change)
+        currentBytes += change.estimatedBytes
+        guard piece.changes.count >= Self.maxPieceChanges || currentBytes >= Self.maxPieceBytes else {
+            current = piece
+            return nil
+        }
+        piece.isComplete = false
+        var next = piece
+        next.firstIndex = piece.firstIndex + piece.changes.count
+        next.changes = []
+        current = next
+        currentBytes = 0
+        return piece
+    }
+}
+
+extension WALRowChange {
+    /// About the bytes this change holds: its values and column names.
+    var estimatedBytes: Int {
+        var bytes = 64 + table.utf8.count
+        for values in [newValues, oldValues] {
+            for value in values ?? [] { bytes += 16 + (value?.utf8.count ?? 0) }
+        }
+        for column in columns { bytes += column.utf8.count }
+        return bytes
     }
 }
 

@@ -135,18 +135,26 @@ public struct Relay: Service {
         attempt.startedRelaying()
         let pending = PendingTransactions()
         try await withThrowingTaskGroup(of: Void.self) { group in
-            // Decoding: transactions queue up while the previous batch is being written, and form the next batch.
+            // Decoding: transactions (and pieces of large ones) queue up while the previous batch is being written, and
+            // form the next batch. At most `inFlightChanges` changes are decoded and not yet written: then the stream
+            // stops reading, and the backlog waits in the slot, not in memory.
             group.addTask {
                 defer { pending.finish() }
-                for try await transaction in stream.transactions() { pending.append(transaction) }
+                for try await piece in stream.transactions(inFlightLimit: Self.inFlightChanges) { pending.append(piece) }
                 throw ReplicationError("the replication stream ended")
             }
-            // Writing: one database transaction per batch, then the slot's flush position.
+            // Writing: batches of at most `EventLog.maxBatchChanges` changes, one statement each, in one database
+            // transaction that commits only at the end of a source transaction (so that readers never see part of one),
+            // then the slot's flush position.
             group.addTask {
-                while let batch = await pending.next() {
-                    try await Self.whileOpen(connection) { try await write(batch, on: connection) }
-                    if let last = batch.last { stream.confirm(last.endLSN) }
-                    attempt.wroteBatch()
+                var writer = LogWriter()
+                while let batch = await pending.next(maxChanges: EventLog.maxBatchChanges) {
+                    try await Self.whileOpen(connection) { [writer] in try await write(batch, after: writer, on: connection) }
+                    stream.release(batch.reduce(0) { $0 + $1.weight })
+                    if let committed = writer.wrote(batch) {
+                        stream.confirm(committed)
+                        attempt.wroteBatch()
+                    }
                 }
             }
             // Leadership: the lock lives as long as this connection answers.
@@ -195,11 +203,37 @@ public struct Relay: Service {
         }
     }
 
-    private func write(_ batch: [WALTransaction], on connection: PostgresConnection) async throws {
-        try await connection.queryIfOpen("BEGIN", logger: logger)
+    /// The most changes decoded and not yet written (in pieces of at most `WALTransactionAssembler.maxPieceChanges`
+    /// changes and about `maxPieceBytes` bytes).
+    static let inFlightChanges = 4 * WALTransactionAssembler.maxPieceChanges
+
+    /// Where the log's writing stands between batches: whether a database transaction is open.
+    struct LogWriter: Sendable {
+        var isOpen = false
+        var appended = 0
+
+        /// Notes a written batch; returns the end LSN to confirm when the batch ended a source transaction and so was
+        /// committed.
+        mutating func wrote(_ batch: [WALTransaction]) -> UInt64? {
+            appended += batch.reduce(0) { $0 + $1.changes.count }
+            guard let last = batch.last, last.isComplete else {
+                isOpen = true
+                return nil
+            }
+            isOpen = false
+            appended = 0
+            return last.endLSN
+        }
+    }
+
+    /// Writes a batch in the open database transaction (opening one if needed); commits, with one NOTIFY, when the
+    /// batch ends with the last piece of a source transaction.
+    private func write(_ batch: [WALTransaction], after writer: LogWriter, on connection: PostgresConnection) async throws {
+        if !writer.isOpen { try await connection.queryIfOpen("BEGIN", logger: logger) }
         do {
             let appended = try await EventLog.append(batch, on: connection, logger: logger)
-            if appended > 0 {
+            guard let last = batch.last, last.isComplete else { return }
+            if appended + writer.appended > 0 {
                 try await connection.queryIfOpen("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
             }
             try await connection.queryIfOpen("COMMIT", logger: logger)
@@ -292,13 +326,20 @@ final class PendingTransactions: Sendable {
         waiter?.resume(returning: nil)
     }
 
-    /// Everything queued so far, waiting for at least one transaction; nil once finished and drained.
-    func next() async -> [WALTransaction]? {
+    /// What is queued, up to `maxChanges` changes (at least one transaction or piece), waiting for one; nil once
+    /// finished and drained.
+    func next(maxChanges: Int = .max) async -> [WALTransaction]? {
         await withCheckedContinuation { continuation in
             let ready: (batch: [WALTransaction]?, now: Bool) = state.withLock { state in
                 if !state.queue.isEmpty {
-                    defer { state.queue.removeAll(keepingCapacity: true) }
-                    return (state.queue, true)
+                    var count = 1
+                    var changes = state.queue[0].changes.count
+                    while count < state.queue.count, changes + state.queue[count].changes.count <= maxChanges {
+                        changes += state.queue[count].changes.count
+                        count += 1
+                    }
+                    defer { state.queue.removeFirst(count) }
+                    return (Array(state.queue.prefix(count)), true)
                 }
                 if state.finished { return (nil, true) }
                 state.waiter = continuation
