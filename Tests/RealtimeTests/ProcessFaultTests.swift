@@ -20,10 +20,13 @@ import Testing
 /// subscriber exactly once and in commit order.
 @Suite(.timeLimit(.minutes(5)))
 struct ProcessFaultTests {
-    /// PostgreSQL restarts (fast shutdown, then start) while a writer writes through REST and a subscriber streams. The
-    /// server's pool, relay, walsender and listeners all lose their sessions; the writer meets `503
-    /// database_unavailable` and retries with the same `Idempotency-Key`; every acknowledged write arrives once, in order.
-    @Test func aPostgreSQLRestartLosesAndRepeatsNothing() async throws {
+    /// PostgreSQL restarts (a fast shutdown, or a crash: `pg_ctl -m immediate`, then start) while a writer writes through
+    /// REST and a subscriber streams. The server's pool, relay, walsender and listeners all lose their sessions; the
+    /// writer meets `503 database_unavailable` and retries with the same `Idempotency-Key`; every acknowledged write
+    /// arrives once, in order — after a crash too, where the relay's batches must have been committed durably before it
+    /// confirmed the slot.
+    @Test(arguments: ["fast", "immediate"])
+    func aPostgreSQLRestartLosesAndRepeatsNothing(mode: String) async throws {
         // A cluster of its own: restarting the shared one would cut every other test off.
         let cluster = EmbeddedPostgres(directory: TestCluster.makeScratchDirectory(), logger: TestCluster.logger)
         _ = try await cluster.start()
@@ -55,7 +58,7 @@ struct ProcessFaultTests {
             }
             try await ChangeFeedFaultTests.waitUntil("10 writes before the restart", timeout: .seconds(60)) { acknowledged.value.count >= 10 }
             let startedBefore = try await Self.postmasterStart(server)
-            try await cluster.restart()
+            try await cluster.restart(mode: mode)
             #expect(try await Self.postmasterStart(server) > startedBefore, "PostgreSQL restarted")
             let afterRestart = acknowledged.value.count
             try await ChangeFeedFaultTests.waitUntil("10 writes after the restart", timeout: .seconds(90)) {

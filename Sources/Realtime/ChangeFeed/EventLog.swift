@@ -230,23 +230,26 @@ public enum EventLog {
         return PostgresQuery(unsafeSQL: channelReadSQL, binds: bindings)
     }
 
-    /// One ordered, limited index scan per channel and per locating column, merged: see ``read(after:limit:channels:memberBranches:client:logger:)``.
+    /// One ordered, limited index scan per channel and per locating column, each returning whole rows, merged in
+    /// sequence order (an event found twice, e.g. a move within a subscription's channels, counted once): see
+    /// ``read(after:limit:channels:memberBranches:client:logger:)``.
     private static let channelReadSQL = """
-        WITH wanted AS (
-            SELECT s.seq FROM unnest($3::uuid[]) AS c(id),
-                LATERAL (SELECT seq FROM realtime.event_log WHERE branch_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) s
-            UNION SELECT s.seq FROM unnest($3::uuid[]) AS c(id),
-                LATERAL (SELECT seq FROM realtime.event_log WHERE old_branch_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) s
-            UNION SELECT s.seq FROM unnest($4::uuid[]) AS c(id),
-                LATERAL (SELECT seq FROM realtime.event_log WHERE plan_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) s
-            UNION SELECT s.seq FROM unnest($4::uuid[]) AS c(id),
-                LATERAL (SELECT seq FROM realtime.event_log WHERE old_plan_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) s
-            UNION SELECT s.seq FROM unnest($5::uuid[]) AS c(id),
-                LATERAL (SELECT seq FROM realtime.event_log
-                         WHERE branch_id = c.id AND table_name = 'branch_member' AND seq > $1 ORDER BY seq LIMIT $2) s
-            UNION SELECT seq FROM (SELECT seq FROM realtime.event_log WHERE op = 'TRUNCATE' AND seq > $1 ORDER BY seq LIMIT $2) t
-        )
-        SELECT \(selectColumns) FROM realtime.event_log WHERE seq IN (SELECT seq FROM wanted ORDER BY seq LIMIT $2) ORDER BY seq
+        SELECT DISTINCT ON (seq) \(selectColumns) FROM (
+            SELECT e.* FROM unnest($3::uuid[]) AS c(id), LATERAL (
+                SELECT * FROM realtime.event_log WHERE branch_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) e
+            UNION ALL SELECT e.* FROM unnest($3::uuid[]) AS c(id), LATERAL (
+                SELECT * FROM realtime.event_log WHERE old_branch_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) e
+            UNION ALL SELECT e.* FROM unnest($4::uuid[]) AS c(id), LATERAL (
+                SELECT * FROM realtime.event_log WHERE plan_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) e
+            UNION ALL SELECT e.* FROM unnest($4::uuid[]) AS c(id), LATERAL (
+                SELECT * FROM realtime.event_log WHERE old_plan_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) e
+            UNION ALL SELECT e.* FROM unnest($5::uuid[]) AS c(id), LATERAL (
+                SELECT * FROM realtime.event_log
+                WHERE branch_id = c.id AND table_name = 'branch_member' AND seq > $1 ORDER BY seq LIMIT $2) e
+            UNION ALL (SELECT * FROM realtime.event_log WHERE op = 'TRUNCATE' AND seq > $1 ORDER BY seq LIMIT $2)
+        ) found
+        ORDER BY seq
+        LIMIT $2
         """
 
     /// The newest sequence number in the log (0 when empty).

@@ -115,12 +115,12 @@ public struct EmbeddedPostgres: Sendable {
         logger.info("stopped PostgreSQL", metadata: ["postgres.directory": "\(clusterDirectory)"])
     }
 
-    /// Restarts the running cluster on the same port (`pg_ctl restart -m fast`): every session is ended, as in an
-    /// operator's restart.
-    func restart() async throws {
+    /// Restarts the running cluster on the same port (`pg_ctl restart -m <mode>`): every session is ended, as in an
+    /// operator's restart (`fast`), or as in a crash (`immediate`: no checkpoint, recovery from the WAL at start).
+    func restart(mode: String = "fast") async throws {
         let installation = try self.installation ?? PostgresInstallation.locate()
         let runner = ProgramRunner(account: try ServerAccount.existing(clusterDirectory: clusterDirectory))
-        let result = try await runner.run(installation.pgCtl, ["restart", "-D", clusterDirectory, "-m", "fast", "-w", "-t", "60", "-l", logFile])
+        let result = try await runner.run(installation.pgCtl, ["restart", "-D", clusterDirectory, "-m", mode, "-w", "-t", "60", "-l", logFile])
         guard result.status == 0 else {
             throw EmbeddedPostgresError.commandFailed(command: "pg_ctl restart", status: result.status, output: result.errorText)
         }
