@@ -483,4 +483,52 @@ import Testing
             #expect(keys.suffix(3) == ["new-0", "new-1", "new-2"])
         }
     }
+
+    @Test func aSlotPostgreSQLInvalidatedIsRecreatedAndEveryStreamReloads() async throws {
+        // A cluster of its own: it is told to keep almost no WAL for slots.
+        let cluster = EmbeddedPostgres(directory: TestCluster.makeScratchDirectory(), logger: TestCluster.logger)
+        _ = try await cluster.start()
+        defer { cluster.stopImmediatelyBlocking() }
+        let database = try await cluster.createDatabase(named: "invalidated")
+        // First a node without a relay: nothing reads the slot while WAL piles up.
+        let held = try await TestServer.make(on: database, changeFeed: true) { $0.runsRelay = false }
+        try await held.testLive { client in
+            let team = try await Team.make(client)
+            let stream = try await ChangeFeedTests.open(client, "/realtime/v1/branch/\(team.branch)", as: Self.service)
+            let slot = Relay.slotName(for: database.database)
+            try await held.withOwnerConnection { connection in
+                _ = try await connection.query("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'", logger: held.logger)
+                _ = try await connection.query("SELECT pg_reload_conf()", logger: held.logger)
+                _ = try await connection.query(
+                    "CREATE TABLE filler AS SELECT repeat(md5(i::text), 40) AS x FROM generate_series(1, 50000) AS i", logger: held.logger)
+            }
+            try await ChangeFeedFaultTests.waitUntil("PostgreSQL to invalidate the slot", timeout: .seconds(60)) {
+                try await held.withOwnerConnection { connection in
+                    _ = try await connection.query("CHECKPOINT", logger: held.logger)
+                    let rows = try await connection.query(
+                        "SELECT coalesce(wal_status = 'lost', false) FROM pg_replication_slots WHERE slot_name = \(slot)", logger: held.logger)
+                    for try await lost in rows.decode(Bool.self) { return lost }
+                    return false
+                }
+            }
+            // A node with a relay starts: it recreates the slot, and every stream (on any node) is told to reload.
+            let relaying = try await TestServer.make(on: database, changeFeed: true)
+            try await relaying.testLive { _ in
+                let frames = try await stream.waitFor("reset", timeout: .seconds(90)) { $0.contains { $0.event == "reset" } }
+                #expect(frames.last?.event == "reset")
+                try await stream.waitUntilFinished()
+                // The feed goes on from the new slot.
+                let plan = try await team.makePlan(client, title: "after the new slot")
+                let polled = try await client.send(
+                    .get, "/realtime/v1/changes?channel=plan:\(plan)&after=0&wait=20", as: Self.service)
+                #expect(polled.object["reset"] as? Bool == true, "a poll from before the lost changes is told to reload: \(polled.text)")
+                let cursor = try #require(polled.string("cursor"))
+                let after = try await client.send(.get, "/realtime/v1/changes?channel=plan:\(plan)&after=\(cursor)&wait=20", as: Self.service)
+                #expect(
+                    (after.object["events"] as? [[String: Any]])?.contains {
+                        ($0["record"] as? [String: Any])?["title"] as? String == "after the new slot"
+                    } == true, "\(after.text)")
+            }
+        }
+    }
 }

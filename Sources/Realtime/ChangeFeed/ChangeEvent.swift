@@ -10,7 +10,20 @@ public struct ChangeEvent: Sendable, Equatable {
         case update = "UPDATE"
         case delete = "DELETE"
         /// Every row of the table was removed at once. Logged with no row; delivered as a `reset`, never as a change.
+        /// With the table ``ChangeEvent/everyTable``, the feed itself lost changes (its replication slot was invalidated):
+        /// every stream resets.
         case truncate = "TRUNCATE"
+    }
+
+    /// The table of the TRUNCATE logged when the replication slot had to be recreated: changes were lost, so every
+    /// subscription's copy may be stale.
+    public static let everyTable = "*"
+
+    /// Whether this event resets a subscription of these channels and options: a TRUNCATE of a table it streams on
+    /// one of its channels, or of every table.
+    func resets(_ channels: Set<Channel>, _ options: SubscriptionOptions) -> Bool {
+        guard operation == .truncate else { return false }
+        return (table == Self.everyTable || options.streams(table: table)) && channels.contains { $0.carries(table: table) }
     }
 
     public var sequence: Int64

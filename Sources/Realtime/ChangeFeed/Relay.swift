@@ -113,12 +113,21 @@ public struct Relay: Service {
             publication: publication,
             logger: logger
         )
+        let lost = try await dropSlotIfInvalidated(on: connection)
         let created = try await stream.ensureSlot(nudge: { [logger] in
             // A checkpoint logs the running transactions, which slot creation waits for; without the right, it waits.
             try? await Self.whileOpen(connection) { _ = try await connection.queryIfOpen("CHECKPOINT", logger: logger) }
         })
-        if created {
-            logger.info("created the replication slot", metadata: ["slot": "\(slot)"])
+        if created { logger.info("created the replication slot", metadata: ["slot": "\(slot)"]) }
+        if lost {
+            // The changes between the lost slot's position and the new one never reach the log: every stream and poll
+            // must reload (a TRUNCATE of every table, before the memberships are brought in line below).
+            try await Self.whileOpen(connection) { [logger] in
+                _ = try await connection.queryIfOpen(Self.everyTableResetStatement, logger: logger)
+                _ = try await connection.queryIfOpen("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
+            }
+        }
+        if created || lost {
             // The log has none of the changes made before the slot: bring its memberships in line with the table.
             let appended = try await Self.whileOpen(connection) { [logger] in
                 let rows = try await connection.queryIfOpen(MembershipHistory.reconcileStatement, logger: logger)
@@ -129,7 +138,7 @@ public struct Relay: Service {
                 }
                 return appended
             }
-            if appended > 0 { logger.notice("logged memberships made while the change feed was off", metadata: ["events": "\(appended)"]) }
+            if appended > 0 { logger.notice("logged memberships made while there was no slot", metadata: ["events": "\(appended)"]) }
         }
         defer { stream.stop() }
         attempt.startedRelaying()
@@ -200,6 +209,32 @@ public struct Relay: Service {
         } onCancel: {
             work.cancel()
             outcome.offer(.failure(CancellationError()))
+        }
+    }
+
+    /// Logs that the feed lost changes: a TRUNCATE of ``ChangeEvent/everyTable`` at the current WAL position, at an index
+    /// no relayed change has.
+    static let everyTableResetStatement: PostgresQuery = """
+        INSERT INTO realtime.event_log (commit_lsn, tx_index, xid, commit_time, table_name, op, record, old_record)
+        VALUES (pg_current_wal_lsn(), -2147483648, 0, now(), '*', 'TRUNCATE', '{}', '{}')
+        ON CONFLICT ON CONSTRAINT event_log_position_key DO NOTHING
+        """
+
+    /// Drops the slot when PostgreSQL invalidated it (it kept more WAL than `max_slot_wal_keep_size` allows, so it can
+    /// stream nothing more); returns whether it did, for the slot to be created anew.
+    private func dropSlotIfInvalidated(on connection: PostgresConnection) async throws -> Bool {
+        try await Self.whileOpen(connection) { [logger, slot] in
+            let rows = try await connection.queryIfOpen(
+                "SELECT coalesce(wal_status = 'lost', false) FROM pg_replication_slots WHERE slot_name = \(slot)", logger: logger)
+            var lost = false
+            for try await value in rows.decode(Bool.self) { lost = value }
+            guard lost else { return false }
+            logger.error(
+                "the replication slot was invalidated: it kept more WAL than max_slot_wal_keep_size allows; recreating it, and every stream reloads",
+                metadata: ["slot": "\(slot)"]
+            )
+            _ = try await connection.queryIfOpen("SELECT pg_drop_replication_slot(\(slot))", logger: logger)
+            return true
         }
     }
 

@@ -99,11 +99,11 @@ public enum Channel: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Whether rows of the table stream on this channel: a branch's carries every table, a plan's the plan-scoped ones,
-    /// a presence channel none.
+    /// a presence channel none (``ChangeEvent/everyTable`` stands for all of them).
     func carries(table: String) -> Bool {
         switch self {
         case .branch: true
-        case .plan: Self.planScopedTables.contains(table)
+        case .plan: table == ChangeEvent.everyTable || Self.planScopedTables.contains(table)
         case .presence: false
         }
     }

@@ -372,7 +372,8 @@ struct HubState {
 
     /// A table emptied at once: a TRUNCATE of `branch_member` ends every membership (every user's subscription ends as
     /// `revoked`); one of `plan` forgets every plan. Every other subscription whose channels carry the table ends as
-    /// `reset`, to load a snapshot: what it holds is stale.
+    /// `reset`, to load a snapshot: what it holds is stale. A TRUNCATE of ``ChangeEvent/everyTable`` (the feed lost
+    /// changes) resets every subscription and forgets every plan; the memberships it lost come as events after it.
     private mutating func applyTruncate(_ event: ChangeEvent, logger: Logger) {
         for subscriber in unsettledSnapshots.values { subscriber.noteSnapshotSettling(event) }
         switch event.table {
@@ -382,7 +383,8 @@ struct HubState {
             }
             memberships.removeAll()
             for subscriber in Array(subscribers.values) where !subscriber.principal.isService { end(subscriber, .revoked, logger: logger) }
-        case "plan":
+        case "plan", ChangeEvent.everyTable:
+            // Plans may have gone or moved: the next request for one asks the database again.
             planBranches.removeAll()
         default:
             break

@@ -135,7 +135,11 @@ public enum SSEFrame {
         case .shutdown:
             control(.error, reason: "shutdown: the server is restarting; reconnect with Last-Event-ID to resume.")
         case .reset:
-            control(.reset, reason: "A table of this subscription was emptied (TRUNCATE): load a snapshot, then subscribe from its cursor.")
+            control(
+                .reset,
+                reason:
+                    "What this subscription holds is stale (a table was emptied, or the change feed lost changes): load a snapshot, then subscribe from its cursor."
+            )
         }
     }
 

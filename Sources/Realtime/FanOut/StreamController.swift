@@ -218,8 +218,7 @@ struct StreamController {
                     guard found.count < limit else { break readLoop }
                     scanned = event.sequence
                     history?.apply(event)
-                    if event.operation == .truncate, options.streams(table: event.table), channels.contains(where: { $0.carries(table: event.table) })
-                    {
+                    if event.resets(channels, options) {
                         reset = true
                         break readLoop
                     }

@@ -65,10 +65,9 @@ final class Subscriber {
 
     func isExpired(at now: Date) -> Bool { expiresAt.map { $0 <= now } ?? false }
 
-    /// Whether a TRUNCATE event empties a table this subscription streams (a table it asked for, on one of its channels).
-    func isReset(by event: ChangeEvent) -> Bool {
-        event.operation == .truncate && options.streams(table: event.table) && channels.contains { $0.carries(table: event.table) }
-    }
+    /// Whether a TRUNCATE event empties a table this subscription streams (a table it asked for, on one of its channels),
+    /// or tells that the feed lost changes.
+    func isReset(by event: ChangeEvent) -> Bool { event.resets(channels, options) }
 
     /// Notes an event the hub has seen (delivered to this subscriber or not): one that settles the snapshot ends the
     /// snapshot's part in the ids of the frames from it on.
