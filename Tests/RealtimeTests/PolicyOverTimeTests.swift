@@ -430,6 +430,8 @@ import Testing
                 return try await client.send(.get, "/readyz", as: nil)
             }
             _ = try await waitForReadiness(.ok, "the feed started")
+            let metrics = try await client.send(.get, "/metrics", as: nil)
+            #expect(metrics.text.contains("realtime_slot_retained_wal_bytes "), "the slot's retained WAL is on /metrics")
             let team = try await Team.make(client)
             try await server.withOwnerConnection { connection in
                 // Hold the relay's appends while a change waits in the WAL.
