@@ -296,14 +296,7 @@ import Testing
     // MARK: One user cannot slow the others
 
     @Test func eachUserHasABudgetOfWritesPollsAndStreamOpens() async throws {
-        let server = try await TestServer.make(changeFeed: true) { configuration in
-            configuration.userWriteRate = 0.01
-            configuration.userWriteBurst = 2
-            configuration.userPollRate = 0.01
-            configuration.userPollBurst = 2
-            configuration.userStreamRate = 0.01
-            configuration.userStreamBurst = 2
-        }
+        let server = try await TestServer.make(changeFeed: true) { $0.limitEveryUser(rate: 0.01, burst: 2) }
         try await server.testLive { client in
             let team = try await Team.make(client)  // as the service role, which is not limited
             let plan = try await team.makePlan(client)  // the editor's first write

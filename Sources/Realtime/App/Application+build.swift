@@ -111,7 +111,7 @@ public func buildApplication(
             })
             if created {
                 logger.info("created the replication slot", metadata: ["slot": "\(stream.slot)"])
-                try await MembershipHistory.reconcile(client: database.client, logger: logger)
+                try await MembershipHistory.reconcile(logger: logger) { try await database.client.rowsIfOpen($0, logger: logger) }
             }
         }
         try await afterMigrations?(database.client)

@@ -23,6 +23,9 @@ public enum EventLog {
     /// The NOTIFY channel that wakes the tailers after each appended batch.
     public static let wakeUpChannel = "realtime_events"
 
+    /// The statement that wakes the tailers (sent when the transaction that ran it commits).
+    static let wakeUpStatement: PostgresQuery = "SELECT pg_notify(\(wakeUpChannel), '')"
+
     /// Appends the changes of committed transactions (or pieces of one), in order, in the caller's open transaction, with
     /// one statement for the whole batch (one round trip: a statement per change made the relay the bottleneck under
     /// load; the relay keeps a batch to ``maxBatchChanges``). A change already logged (same commit LSN and index,

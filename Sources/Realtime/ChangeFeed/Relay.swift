@@ -124,21 +124,14 @@ public struct Relay: Service {
             // must reload (a TRUNCATE of every table, before the memberships are brought in line below).
             try await Self.whileOpen(connection) { [logger] in
                 _ = try await connection.queryIfOpen(Self.everyTableResetStatement, logger: logger)
-                _ = try await connection.queryIfOpen("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
+                _ = try await connection.queryIfOpen(EventLog.wakeUpStatement, logger: logger)
             }
         }
         if created || lost {
             // The log has none of the changes made before the slot: bring its memberships in line with the table.
-            let appended = try await Self.whileOpen(connection) { [logger] in
-                let rows = try await connection.queryIfOpen(MembershipHistory.reconcileStatement, logger: logger)
-                var appended = 0
-                for try await count in rows.decode(Int.self) { appended = count }
-                if appended > 0 {
-                    try await connection.queryIfOpen("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
-                }
-                return appended
+            try await Self.whileOpen(connection) { [logger] in
+                try await MembershipHistory.reconcile(logger: logger) { try await connection.rowsIfOpen($0, logger: logger) }
             }
-            if appended > 0 { logger.notice("logged memberships made while there was no slot", metadata: ["events": "\(appended)"]) }
         }
         defer { stream.stop() }
         attempt.startedRelaying()
@@ -269,7 +262,7 @@ public struct Relay: Service {
             let appended = try await EventLog.append(batch, on: connection, logger: logger)
             guard let last = batch.last, last.isComplete else { return }
             if appended + writer.appended > 0 {
-                try await connection.queryIfOpen("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
+                try await connection.queryIfOpen(EventLog.wakeUpStatement, logger: logger)
             }
             try await connection.queryIfOpen("COMMIT", logger: logger)
         } catch {

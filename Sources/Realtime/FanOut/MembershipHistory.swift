@@ -93,15 +93,14 @@ struct MembershipHistory: Sendable, Equatable {
         return MembershipHistory(userID: userID, intervals: intervals, coveredThrough: head)
     }
 
-    /// The statement that logs, as `branch_member` events, every difference between the memberships the log knows and
-    /// the table (see `realtime.reconcile_memberships()` in migration 0004); it answers how many it logged.
-    static let reconcileStatement: PostgresQuery = "SELECT realtime.reconcile_memberships()"
-
-    /// For a replication slot just created: logs the memberships made while there was none, and wakes the tailers.
-    static func reconcile(client: PostgresClient, logger: Logger) async throws {
-        let appended = try await client.rowsIfOpen(reconcileStatement, logger: logger).first?.decode(Int.self) ?? 0
+    /// For a replication slot just created: logs, as `branch_member` events, every difference between the memberships
+    /// the log knows and the table (`realtime.reconcile_memberships()` of migration 0004), and wakes the tailers.
+    ///
+    /// - Parameter run: runs one statement and returns its rows (on the pool, or on the relay's own connection).
+    static func reconcile(logger: Logger, _ run: (PostgresQuery) async throws -> [PostgresRow]) async throws {
+        let appended = try await run("SELECT realtime.reconcile_memberships()").first?.decode(Int.self) ?? 0
         guard appended > 0 else { return }
-        try await client.rowsIfOpen("SELECT pg_notify(\(EventLog.wakeUpChannel), '')", logger: logger)
+        _ = try await run(EventLog.wakeUpStatement)
         logger.notice("logged memberships made while there was no replication slot", metadata: ["events": "\(appended)"])
     }
 

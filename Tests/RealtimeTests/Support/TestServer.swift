@@ -37,12 +37,7 @@ struct TestServer {
         // tests that wait long between requests would fail. The idle timeout has tests of its own, which set it.
         configuration.idleTimeoutSeconds = 600
         // Tests send many requests as one user in a moment; the per-user limits have tests of their own, which set them.
-        configuration.userWriteRate = 10_000
-        configuration.userWriteBurst = 100_000
-        configuration.userPollRate = 10_000
-        configuration.userPollBurst = 100_000
-        configuration.userStreamRate = 10_000
-        configuration.userStreamBurst = 100_000
+        configuration.limitEveryUser(rate: 10_000, burst: 100_000)
         configure(&configuration)
         let endpoint: DatabaseEndpoint
         if let database { endpoint = database } else { endpoint = try await TestCluster.freshDatabase() }
@@ -192,5 +187,13 @@ struct Team: Sendable {
         )
         try #require(reply.status == .created, "task: \(reply.text)")
         return id
+    }
+}
+
+extension Configuration {
+    /// Sets every per-user budget (writes, polls, stream opens) to the same rate and burst.
+    mutating func limitEveryUser(rate: Double, burst: Int) {
+        (userWriteRate, userPollRate, userStreamRate) = (rate, rate, rate)
+        (userWriteBurst, userPollBurst, userStreamBurst) = (burst, burst, burst)
     }
 }
