@@ -395,7 +395,7 @@ import Testing
             #expect((Int64(cursor) ?? 0) > 20_000, "cursor \(cursor)")
 
             // The statement a replay runs reads the small branch's events only, through the indexes.
-            let query = EventLog.channelRead(after: 0, limit: 1000, channels: [.branch(small.branch)], memberBranches: [small.branch])
+            let query = EventLog.channelRead(after: 0, through: .max, limit: 1000, channels: [.branch(small.branch)], memberBranches: [small.branch])
             let rowsRead = try await server.withOwnerConnection { connection in
                 let explained = try await connection.query(
                     PostgresQuery(unsafeSQL: "EXPLAIN (ANALYZE, FORMAT JSON) " + query.sql, binds: query.binds), logger: server.logger)

@@ -72,6 +72,64 @@ import Testing
         #expect(await pending.next(maxChanges: 1000) == nil)
     }
 
+    /// Buffers a statement touched, from `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`: each visit of a page counted,
+    /// including the heap visits that find a row invisible.
+    static func buffersTouched(by query: PostgresQuery, on connection: PostgresConnection, logger: Logger) async throws -> Int {
+        let explained = try await connection.query(
+            PostgresQuery(unsafeSQL: "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query.sql, binds: query.binds), logger: logger)
+        var text = ""
+        for try await row in explained { text = try row.decode(String.self) }
+        let plans = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]])
+        let plan = try #require(plans.first?["Plan"] as? [String: Any])
+        return (plan["Shared Hit Blocks"] as? Int ?? 0) + (plan["Shared Read Blocks"] as? Int ?? 0)
+    }
+
+    /// While the relay writes a huge source transaction, its rows are in the log's indexes but invisible until its
+    /// commit. The log's readers (every node's tailer four times a second, each stream open, poll and snapshot) must
+    /// not walk them: their work stays that of the committed log, not of the transaction in flight.
+    @Test func aTransactionStillBeingLoggedCostsTheLogsReadersNothing() async throws {
+        let server = try await TestServer.make()
+        let logger = server.logger
+        let branch = UUID()
+        // The server started migrates the database; the statements run on owner connections beside it.
+        try await server.testLive { _ in try await Self.readWhileLogging(server, branch: branch, logger: logger) }
+    }
+
+    static func readWhileLogging(_ server: TestServer, branch: UUID, logger: Logger) async throws {
+        try await server.withOwnerConnection { writer in
+            let committed = try await writer.query(PostgresQuery(unsafeSQL: EventLog.newestSequenceSQL), logger: logger)
+            var head: Int64 = 0
+            for try await row in committed { head = try row.decode(Int64.self) }
+            _ = try await writer.query("BEGIN", logger: logger)
+            _ = try await writer.query(
+                """
+                INSERT INTO realtime.event_log (commit_lsn, tx_index, xid, commit_time, table_name, op, branch_id, record, old_record)
+                SELECT 'F/0'::pg_lsn + i, i, 77, now(), 'client_card', 'INSERT', \(branch),
+                       json_build_object('id', gen_random_uuid(), 'branch_id', \(branch), 'name', 'n' || i), '{}'
+                FROM generate_series(1, 20000) AS i
+                """,
+                logger: logger
+            )
+            let readers: [(String, PostgresQuery)] = [
+                ("the tailer's read", EventLog.tailRead(after: head, limit: 1000)),
+                ("the log's head", PostgresQuery(unsafeSQL: EventLog.newestSequenceSQL)),
+                ("a snapshot's cursor", "SELECT realtime.event_log_head()"),
+                (
+                    "a replay of the branch",
+                    EventLog.channelRead(after: head, through: head, limit: 1000, channels: [.branch(branch)], memberBranches: [branch])
+                ),
+                ("a user's memberships", MembershipHistory.loadStatement(userID: UUID(), after: head)),
+            ]
+            try await server.withOwnerConnection { reader in
+                for (name, query) in readers {
+                    let buffers = try await Self.buffersTouched(by: query, on: reader, logger: logger)
+                    #expect(buffers < 50, "\(name) touched \(buffers) buffers for an empty committed tail")
+                }
+            }
+            _ = try await writer.query("ROLLBACK", logger: logger)
+        }
+    }
+
     /// The server's peak resident memory, from `/proc/<pid>/status`.
     static func peakResidentBytes(of pid: Int32) -> Int? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),

@@ -179,14 +179,19 @@ public enum EventLog {
 
     /// Events after `cursor`, in order, at most `limit`.
     public static func read(after cursor: Int64, limit: Int, client: PostgresClient, logger: Logger) async throws -> [ChangeEvent] {
-        let rows = try await client.rowsIfOpen(
-            PostgresQuery(
-                unsafeSQL: "SELECT \(selectColumns) FROM realtime.event_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-                binds: bindings(cursor, limit)
-            ),
-            logger: logger
-        )
+        let rows = try await client.rowsIfOpen(tailRead(after: cursor, limit: limit), logger: logger)
         return try rows.map(event(from:))
+    }
+
+    /// The statement of ``read(after:limit:client:logger:)``.
+    static func tailRead(after cursor: Int64, limit: Int) -> PostgresQuery {
+        PostgresQuery(
+            unsafeSQL: """
+                SELECT \(selectColumns) FROM realtime.event_log
+                WHERE seq > $1 AND seq <= (SELECT seq FROM realtime.log_head) ORDER BY seq LIMIT $2
+                """,
+            binds: bindings(cursor, limit)
+        )
     }
 
     /// The events of some channels after `cursor`, in order, at most `limit`, and how far the log was read: a replay
@@ -196,7 +201,7 @@ public enum EventLog {
     /// A channel's events are those whose row is, or was before a move, in its branch or plan. With them come the
     /// `branch_member` events of `memberBranches` (the subscription's branches, so that a replay applies every grant
     /// and revocation in order) and every TRUNCATE. `readThrough` is the newest sequence that no further read after
-    /// `cursor` can add to: the last event when `limit` were found, else the log's head as it was before the read.
+    /// `cursor` can add to: the last event when `limit` were found, else the committed head the read was bounded by.
     static func read(
         after cursor: Int64,
         limit: Int,
@@ -206,7 +211,7 @@ public enum EventLog {
         logger: Logger
     ) async throws -> (events: [ChangeEvent], readThrough: Int64) {
         let head = try await newestSequence(client: client, logger: logger)
-        let query = channelRead(after: cursor, limit: limit, channels: channels, memberBranches: memberBranches)
+        let query = channelRead(after: cursor, through: head, limit: limit, channels: channels, memberBranches: memberBranches)
         let rows = try await client.rowsIfOpen(query, logger: logger)
         let events = try rows.map(event(from:))
         let readThrough = events.count >= limit ? events.last?.sequence ?? cursor : max(head, events.last?.sequence ?? cursor, cursor)
@@ -214,7 +219,13 @@ public enum EventLog {
     }
 
     /// The statement of ``read(after:limit:channels:memberBranches:client:logger:)``.
-    static func channelRead(after cursor: Int64, limit: Int, channels: Set<Channel>, memberBranches: Set<UUID>) -> PostgresQuery {
+    static func channelRead(
+        after cursor: Int64,
+        through head: Int64,
+        limit: Int,
+        channels: Set<Channel>,
+        memberBranches: Set<UUID>
+    ) -> PostgresQuery {
         var branches: [UUID] = []
         var plans: [UUID] = []
         for channel in channels {
@@ -230,26 +241,28 @@ public enum EventLog {
         bindings.append(branches)
         bindings.append(plans)
         bindings.append(Array(memberBranches))
+        bindings.append(head)
         return PostgresQuery(unsafeSQL: channelReadSQL, binds: bindings)
     }
 
-    /// One ordered, limited index scan per channel and per locating column, each returning whole rows, merged in
+    /// One ordered, limited index scan per channel and per locating column, bounded by the committed head `$6` (so
+    /// that no scan walks the rows of a transaction still being logged), each returning whole rows, merged in
     /// sequence order (an event found twice, e.g. a move within a subscription's channels, counted once): see
     /// ``read(after:limit:channels:memberBranches:client:logger:)``.
     private static let channelReadSQL = """
         SELECT DISTINCT ON (seq) \(selectColumns) FROM (
             SELECT e.* FROM unnest($3::uuid[]) AS c(id), LATERAL (
-                SELECT * FROM realtime.event_log WHERE branch_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) e
+                SELECT * FROM realtime.event_log WHERE branch_id = c.id AND seq > $1 AND seq <= $6 ORDER BY seq LIMIT $2) e
             UNION ALL SELECT e.* FROM unnest($3::uuid[]) AS c(id), LATERAL (
-                SELECT * FROM realtime.event_log WHERE old_branch_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) e
+                SELECT * FROM realtime.event_log WHERE old_branch_id = c.id AND seq > $1 AND seq <= $6 ORDER BY seq LIMIT $2) e
             UNION ALL SELECT e.* FROM unnest($4::uuid[]) AS c(id), LATERAL (
-                SELECT * FROM realtime.event_log WHERE plan_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) e
+                SELECT * FROM realtime.event_log WHERE plan_id = c.id AND seq > $1 AND seq <= $6 ORDER BY seq LIMIT $2) e
             UNION ALL SELECT e.* FROM unnest($4::uuid[]) AS c(id), LATERAL (
-                SELECT * FROM realtime.event_log WHERE old_plan_id = c.id AND seq > $1 ORDER BY seq LIMIT $2) e
+                SELECT * FROM realtime.event_log WHERE old_plan_id = c.id AND seq > $1 AND seq <= $6 ORDER BY seq LIMIT $2) e
             UNION ALL SELECT e.* FROM unnest($5::uuid[]) AS c(id), LATERAL (
                 SELECT * FROM realtime.event_log
-                WHERE branch_id = c.id AND table_name = 'branch_member' AND seq > $1 ORDER BY seq LIMIT $2) e
-            UNION ALL (SELECT * FROM realtime.event_log WHERE op = 'TRUNCATE' AND seq > $1 ORDER BY seq LIMIT $2)
+                WHERE branch_id = c.id AND table_name = 'branch_member' AND seq > $1 AND seq <= $6 ORDER BY seq LIMIT $2) e
+            UNION ALL (SELECT * FROM realtime.event_log WHERE op = 'TRUNCATE' AND seq > $1 AND seq <= $6 ORDER BY seq LIMIT $2)
         ) found
         ORDER BY seq
         LIMIT $2
@@ -257,13 +270,17 @@ public enum EventLog {
 
     /// The newest sequence number in the log (0 when empty).
     public static func newestSequence(client: PostgresClient, logger: Logger) async throws -> Int64 {
-        let rows = try await client.rowsIfOpen("SELECT coalesce(max(seq), 0) FROM realtime.event_log", logger: logger)
+        let rows = try await client.rowsIfOpen(PostgresQuery(unsafeSQL: newestSequenceSQL), logger: logger)
         return try rows.first?.decode(Int64.self) ?? 0
     }
 
+    /// The statement of ``newestSequence(client:logger:)``.
+    static let newestSequenceSQL = "SELECT seq FROM realtime.log_head"
+
     /// The oldest retained sequence number, or nil when the log is empty.
     public static func oldestSequence(client: PostgresClient, logger: Logger) async throws -> Int64? {
-        let rows = try await client.rowsIfOpen("SELECT min(seq) FROM realtime.event_log", logger: logger)
+        let rows = try await client.rowsIfOpen(
+            "SELECT min(seq) FROM realtime.event_log WHERE seq <= (SELECT seq FROM realtime.log_head)", logger: logger)
         return try rows.first?.decode(Int64?.self) ?? nil
     }
 

@@ -73,15 +73,7 @@ struct MembershipHistory: Sendable, Equatable {
     /// The user's intervals that still matter for events after `cursor`, and the log head they account for, read in one
     /// statement (one snapshot), so that the two agree.
     static func load(userID: UUID, after cursor: Int64, client: PostgresClient, logger: Logger) async throws -> MembershipHistory {
-        let rows = try await client.rowsIfOpen(
-            """
-            SELECT h.head, i.branch_id, i.role, i.from_seq, i.until_seq
-            FROM (SELECT coalesce(max(seq), 0) AS head FROM realtime.event_log) h
-            LEFT JOIN realtime.membership_interval i
-                   ON i.user_id = \(userID) AND (i.until_seq IS NULL OR i.until_seq > \(cursor))
-            """,
-            logger: logger
-        )
+        let rows = try await client.rowsIfOpen(loadStatement(userID: userID, after: cursor), logger: logger)
         var head: Int64 = 0
         var intervals: [Interval] = []
         for row in rows {
@@ -91,6 +83,16 @@ struct MembershipHistory: Sendable, Equatable {
             intervals.append(Interval(branchID: branch, role: role, from: from, until: until))
         }
         return MembershipHistory(userID: userID, intervals: intervals, coveredThrough: head)
+    }
+
+    /// The statement of ``load(userID:after:client:logger:)``.
+    static func loadStatement(userID: UUID, after cursor: Int64) -> PostgresQuery {
+        """
+        SELECT h.head, i.branch_id, i.role, i.from_seq, i.until_seq
+        FROM (SELECT seq AS head FROM realtime.log_head) h
+        LEFT JOIN realtime.membership_interval i
+               ON i.user_id = \(userID) AND (i.until_seq IS NULL OR i.until_seq > \(cursor))
+        """
     }
 
     /// For a replication slot just created: logs, as `branch_member` events, every difference between the memberships
@@ -110,7 +112,7 @@ struct MembershipHistory: Sendable, Equatable {
         let rows = try await client.rowsIfOpen(
             """
             SELECT h.head, i.user_id, i.branch_id, i.role
-            FROM (SELECT coalesce(max(seq), 0) AS head FROM realtime.event_log) h
+            FROM (SELECT seq AS head FROM realtime.log_head) h
             LEFT JOIN realtime.membership_interval i ON i.until_seq IS NULL
             """,
             logger: logger
