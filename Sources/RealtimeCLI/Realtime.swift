@@ -17,30 +17,6 @@ struct RealtimeCommand: AsyncParsableCommand {
     )
 }
 
-/// The settings shared by `serve` and `migrate`; each flag overrides its environment variable.
-struct ServerOptions: ParsableArguments {
-    @Option(help: "PostgreSQL URL (env DATABASE_URL). Without it, an embedded PostgreSQL runs under --data-dir.")
-    var databaseURL: String?
-
-    @Option(help: "Folder of the embedded PostgreSQL and generated secrets (env REALTIME_DATA_DIR, default .realtime).")
-    var dataDir: String?
-
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env REALTIME_LOG_LEVEL, default info).")
-    var logLevel: String?
-
-    @Option(help: "Folder of the numbered SQL migrations (env REALTIME_MIGRATIONS_DIR, default ./Migrations).")
-    var migrationsDir: String?
-
-    func configuration() throws -> Configuration {
-        var configuration = try Configuration.fromEnvironment()
-        if let databaseURL { configuration.databaseURL = databaseURL }
-        if let dataDir { configuration.dataDirectory = dataDir }
-        if let logLevel { configuration.logLevel = try Configuration.level(logLevel, "--log-level") }
-        if let migrationsDir { configuration.migrationsDirectory = migrationsDir }
-        return configuration
-    }
-}
-
 /// The database to use: the given URL, or the embedded cluster (started here, stopped by `stop`).
 struct DatabaseChoice {
     var endpoint: DatabaseEndpoint
@@ -87,147 +63,19 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
 }
 
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the server (embedded PostgreSQL unless --database-url is given).")
+    static let configuration = CommandConfiguration(
+        abstract: "Run the server (embedded PostgreSQL unless --database-url is given).",
+        discussion: Setting.help(for: .server)
+    )
 
-    @OptionGroup var options: ServerOptions
-
-    @Option(help: "Address to listen on (env REALTIME_HOST, default 127.0.0.1).")
-    var host: String?
-
-    @Option(help: "Port to listen on (env REALTIME_PORT, default 8080).")
-    var port: Int?
-
-    @Flag(help: "Do not seed demo data on the first embedded start (env REALTIME_NO_DEMO=1).")
-    var noDemo = false
-
-    @Option(help: "Largest accepted request body in bytes (env REALTIME_MAX_BODY_BYTES, default 262144).")
-    var maxBodyBytes: Int?
-
-    @Option(help: "Connections to PostgreSQL in the pool (env REALTIME_DB_POOL_SIZE, default 20).")
-    var dbPoolSize: Int?
-
-    @Option(help: "Seconds between keepalive comments on idle streams (env REALTIME_KEEPALIVE_SECONDS, default 15).")
-    var keepaliveSeconds: Int?
-
-    @Option(help: "Frames a stream may have unsent before it is cut off as slow (env REALTIME_SUBSCRIBER_BUFFER, default 1024).")
-    var subscriberBuffer: Int?
-
-    @Option(help: "Hours the event log keeps events for resuming (env REALTIME_EVENT_RETENTION_HOURS, default 24).")
-    var eventRetentionHours: Int?
-
-    @Option(help: "Seconds a presence entry lives without a heartbeat (env REALTIME_PRESENCE_TTL_SECONDS, default 30).")
-    var presenceTTLSeconds: Int?
-
-    @Option(help: "Heartbeats, and separately broadcasts, a user may send per second (env REALTIME_PRESENCE_RATE, default 5).")
-    var presenceRate: Double?
-
-    @Option(help: "How many heartbeats or broadcasts may come at once (env REALTIME_PRESENCE_BURST, default 10).")
-    var presenceBurst: Int?
-
-    @Option(help: "REST writes a user may make per second; the service role is not limited (env REALTIME_USER_WRITE_RATE, default 20).")
-    var userWriteRate: Double?
-
-    @Option(help: "How many REST writes of a user may come at once (env REALTIME_USER_WRITE_BURST, default 100).")
-    var userWriteBurst: Int?
-
-    @Option(help: "Polls of /realtime/v1/changes a user may make per second (env REALTIME_USER_POLL_RATE, default 5).")
-    var userPollRate: Double?
-
-    @Option(help: "How many polls of a user may come at once (env REALTIME_USER_POLL_BURST, default 30).")
-    var userPollBurst: Int?
-
-    @Option(help: "Streams a user may open per second (env REALTIME_USER_STREAM_RATE, default 2).")
-    var userStreamRate: Double?
-
-    @Option(help: "How many streams of a user may open at once (env REALTIME_USER_STREAM_BURST, default 30).")
-    var userStreamBurst: Int?
-
-    @Option(help: "Seconds the change feed may be down or stalled before /readyz answers 503 (env REALTIME_READY_MAX_LAG_SECONDS, default 30).")
-    var readyMaxLagSeconds: Int?
-
-    @Option(help: "This node's name in presence entries and logs (env REALTIME_NODE_ID, default host-pid-random).")
-    var nodeID: String?
-
-    @Option(help: "PEM certificate chain: serve HTTPS with HTTP/2 (env REALTIME_TLS_CERT; needs --tls-key).")
-    var tlsCert: String?
-
-    @Option(help: "PEM private key of --tls-cert (env REALTIME_TLS_KEY).")
-    var tlsKey: String?
-
-    @Option(help: "Most seconds a graceful shutdown (SIGTERM) may take (env REALTIME_SHUTDOWN_SECONDS, default 10).")
-    var shutdownSeconds: Int?
-
-    @Option(help: "Seconds before an idle connection (or a request head still arriving) is closed (env REALTIME_IDLE_TIMEOUT_SECONDS, default 30).")
-    var idleTimeoutSeconds: Int?
-
-    @Option(help: "Most connections at once, HTTP/2 streams each counted; 0 for no cap (env REALTIME_MAX_CONNECTIONS, default 20000).")
-    var maxConnections: Int?
-
-    @Option(help: "Most connections at once from one IP address; 0 for no cap (env REALTIME_MAX_CONNECTIONS_PER_IP, default 1000).")
-    var maxConnectionsPerIp: Int?
-
-    @Option(help: "Delay objective, p95 in ms from commit to frame written (env REALTIME_SLO_DELAY_P95_MS, default 1000).")
-    var sloDelayP95Ms: Int?
-
-    @Option(help: "Disconnect objective, percent of streams ended abnormally (env REALTIME_SLO_DISCONNECT_PERCENT, default 1).")
-    var sloDisconnectPercent: Double?
-
-    @Flag(help: "Keep this node out of the relay election (env REALTIME_RELAY=0).")
-    var noRelay = false
-
-    @Flag(help: "Serve REST only: no relay, tailer, streams or polls (env REALTIME_CHANGE_FEED=0).")
-    var noChangeFeed = false
+    /// The settings' flags, read by the one table of settings (`Setting.all`), which the discussion above lists.
+    @Argument(parsing: .allUnrecognized, help: .hidden)
+    var settings: [String] = []
 
     func run() async throws {
         try await reportingErrors {
-            var configuration = try options.configuration()
-            if let host { configuration.host = host }
-            if let port { configuration.port = port }
-            if noDemo { configuration.seedDemo = false }
-            if let maxBodyBytes { configuration.maxBodyBytes = maxBodyBytes }
-            if let dbPoolSize { configuration.databasePoolSize = dbPoolSize }
-            if let keepaliveSeconds { configuration.keepaliveSeconds = try Configuration.int("\(keepaliveSeconds)", "--keepalive-seconds", 1...3600) }
-            if let subscriberBuffer {
-                configuration.subscriberBufferLimit = try Configuration.int("\(subscriberBuffer)", "--subscriber-buffer", 16...1_000_000)
-            }
-            if let eventRetentionHours {
-                configuration.eventRetentionHours = try Configuration.int("\(eventRetentionHours)", "--event-retention-hours", 1...24 * 365)
-            }
-            if let presenceTTLSeconds {
-                configuration.presenceTTLSeconds = try Configuration.int("\(presenceTTLSeconds)", "--presence-ttl-seconds", 3...3600)
-            }
-            if let presenceRate { configuration.presenceRate = try Configuration.rate("\(presenceRate)", "--presence-rate") }
-            if let userWriteRate { configuration.userWriteRate = try Configuration.rate("\(userWriteRate)", "--user-write-rate") }
-            if let userWriteBurst { configuration.userWriteBurst = try Configuration.int("\(userWriteBurst)", "--user-write-burst", 1...100_000) }
-            if let userPollRate { configuration.userPollRate = try Configuration.rate("\(userPollRate)", "--user-poll-rate") }
-            if let userPollBurst { configuration.userPollBurst = try Configuration.int("\(userPollBurst)", "--user-poll-burst", 1...100_000) }
-            if let userStreamRate { configuration.userStreamRate = try Configuration.rate("\(userStreamRate)", "--user-stream-rate") }
-            if let userStreamBurst {
-                configuration.userStreamBurst = try Configuration.int("\(userStreamBurst)", "--user-stream-burst", 1...100_000)
-            }
-            if let presenceBurst { configuration.presenceBurst = try Configuration.int("\(presenceBurst)", "--presence-burst", 1...100_000) }
-            if let readyMaxLagSeconds {
-                configuration.readyMaxLagSeconds = try Configuration.int("\(readyMaxLagSeconds)", "--ready-max-lag-seconds", 1...3600)
-            }
-            if let nodeID, !nodeID.isEmpty { configuration.nodeID = nodeID }
-            if let tlsCert { configuration.tlsCertificatePath = tlsCert }
-            if let tlsKey { configuration.tlsKeyPath = tlsKey }
-            if let shutdownSeconds { configuration.shutdownSeconds = try Configuration.int("\(shutdownSeconds)", "--shutdown-seconds", 1...600) }
-            if let idleTimeoutSeconds {
-                configuration.idleTimeoutSeconds = try Configuration.int("\(idleTimeoutSeconds)", "--idle-timeout-seconds", 1...3600)
-            }
-            if let maxConnections { configuration.maxConnections = try Configuration.int("\(maxConnections)", "--max-connections", 0...10_000_000) }
-            if let maxConnectionsPerIp {
-                configuration.maxConnectionsPerAddress = try Configuration.int("\(maxConnectionsPerIp)", "--max-connections-per-ip", 0...10_000_000)
-            }
-            if let sloDelayP95Ms {
-                configuration.sloDelayP95Milliseconds = try Configuration.int("\(sloDelayP95Ms)", "--slo-delay-p95-ms", 1...600_000)
-            }
-            if let sloDisconnectPercent {
-                configuration.sloDisconnectPercent = try Configuration.percent("\(sloDisconnectPercent)", "--slo-disconnect-percent")
-            }
-            if noRelay { configuration.runsRelay = false }
-            if noChangeFeed { configuration.changeFeedEnabled = false }
+            let configuration = try Configuration.resolve(
+                arguments: settings, environment: ProcessInfo.processInfo.environment, for: .server)
             try await serve(configuration)
         }
     }
@@ -307,13 +155,15 @@ struct Serve: AsyncParsableCommand {
 }
 
 struct Migrate: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Apply the SQL migrations and exit.")
+    static let configuration = CommandConfiguration(abstract: "Apply the SQL migrations and exit.", discussion: Setting.help(for: .database))
 
-    @OptionGroup var options: ServerOptions
+    @Argument(parsing: .allUnrecognized, help: .hidden)
+    var settings: [String] = []
 
     func run() async throws {
         try await reportingErrors {
-            let configuration = try options.configuration()
+            let configuration = try Configuration.resolve(
+                arguments: settings, environment: ProcessInfo.processInfo.environment, for: .database)
             let logger = makeLogger(configuration.logLevel)
             let database = try await DatabaseChoice.open(configuration, logger: logger)
             do {
@@ -348,8 +198,8 @@ struct Token: AsyncParsableCommand {
             guard let role = TokenClaims.Role(rawValue: role) else { throw ConfigurationError("--role must be authenticated or service_role.") }
             if role == .authenticated, UUID(uuidString: sub) == nil { throw ConfigurationError("--sub must be a user id (uuid).") }
             guard let lifetime = Self.seconds(ttl) else { throw ConfigurationError("--ttl must look like 90s, 30m, 1h or 7d.") }
-            var configuration = try Configuration.fromEnvironment()
-            if let dataDir { configuration.dataDirectory = dataDir }
+            let configuration = try Configuration.resolve(
+                arguments: dataDir.map { ["--data-dir", $0] } ?? [], environment: ProcessInfo.processInfo.environment, for: .server)
             let secret: String
             if let configured = configuration.jwtSecret {
                 secret = configured
