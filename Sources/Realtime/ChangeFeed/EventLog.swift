@@ -7,15 +7,10 @@ import PostgresNIO
 /// Values arrive from the WAL as text; PostgreSQL itself turns them into the row's JSON (`row_to_json` over
 /// `json_populate_record`), so an event's `record` has exactly the shape of the REST API's rows.
 public enum EventLog {
-    /// The tables of the publication, and how each finds its branch, plan and task.
-    static let tables: [String: (plan: String?, task: String?)] = [
-        "plan": (plan: "id", task: nil),
-        "task": (plan: "plan_id", task: "id"),
-        "status_history": (plan: "plan_id", task: "task_id"),
-        "attachment": (plan: "plan_id", task: "task_id"),
-        "client_card": (plan: nil, task: nil),
-        "branch_member": (plan: nil, task: nil),
-    ]
+    /// The tables of the publication, and how each finds its plan and task (every row names its branch in `branch_id`):
+    /// from the registry, ``TableSchema/streamed``.
+    static let tables: [String: FeedPlacement] = Dictionary(
+        uniqueKeysWithValues: TableSchema.streamed.compactMap { schema in schema.feed.map { (schema.table, $0) } })
 
     /// The most changes the relay appends in one statement.
     static let maxBatchChanges = 1000
@@ -47,14 +42,14 @@ public enum EventLog {
                 let current = change.operation == .delete ? oldRow : newRow
                 guard let current else { continue }
                 let branch = uuid(current["branch_id"])
-                let plan = locators.plan.flatMap { uuid(current[$0]) }
-                let task = locators.task.flatMap { uuid(current[$0]) }
+                let plan = locators.planColumn.flatMap { uuid(current[$0]) }
+                let task = locators.taskColumn.flatMap { uuid(current[$0]) }
                 var oldBranch: UUID?
                 var oldPlan: UUID?
                 var changedColumns: [String] = []
                 if change.operation == .update, let oldRow, let newRow {
                     oldBranch = uuid(oldRow["branch_id"]).flatMap { $0 == branch ? nil : $0 }
-                    oldPlan = locators.plan.flatMap { uuid(oldRow[$0]) }.flatMap { $0 == plan ? nil : $0 }
+                    oldPlan = locators.planColumn.flatMap { uuid(oldRow[$0]) }.flatMap { $0 == plan ? nil : $0 }
                     changedColumns = change.columns.filter { oldRow[$0] != newRow[$0] }
                 }
                 batch.lsns.append(lsn)

@@ -62,8 +62,8 @@ public enum Channel: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Tables whose rows also stream on the channel of their plan; the others (client_card, branch_member) only on their branch's.
-    static let planScopedTables: Set<String> = ["plan", "task", "status_history", "attachment"]
+    /// Tables whose rows also stream on the channel of their plan (from the registry); the others only on their branch's.
+    static let planScopedTables = TableSchema.planScopedTables
 
     /// The channels a row of `table` at this branch and plan belongs to: its plan's first, then its branch's.
     static func channels(table: String, branchID: UUID?, planID: UUID?) -> [Channel] {

@@ -320,8 +320,8 @@ struct HubState {
             return
         }
         switch event.table {
-        case "branch_member": applyMembershipChange(event, logger: logger)
-        case "plan": notePlan(event, logger: logger)
+        case TableSchema.branchMember.table: applyMembershipChange(event, logger: logger)
+        case TableSchema.plan.table: notePlan(event, logger: logger)
         default: break
         }
         if !unsettledSnapshots.isEmpty {
@@ -377,13 +377,13 @@ struct HubState {
     private mutating func applyTruncate(_ event: ChangeEvent, logger: Logger) {
         for subscriber in unsettledSnapshots.values { subscriber.noteSnapshotSettling(event) }
         switch event.table {
-        case "branch_member":
+        case TableSchema.branchMember.table:
             for (user, userMemberships) in memberships {
                 for branch in userMemberships.roles.keys { noteRemoved(MembershipChange.Member(userID: user, branchID: branch), at: event.sequence) }
             }
             memberships.removeAll()
             for subscriber in Array(subscribers.values) where !subscriber.principal.isService { end(subscriber, .revoked, logger: logger) }
-        case "plan", ChangeEvent.everyTable:
+        case TableSchema.plan.table, ChangeEvent.everyTable:
             // Plans may have gone or moved: the next request for one asks the database again.
             planBranches.removeAll()
         default:

@@ -41,7 +41,7 @@ struct MembershipHistory: Sendable, Equatable {
     /// user stopped being a member of, if any. Other events, and events already accounted for, change nothing.
     @discardableResult
     mutating func apply(_ event: ChangeEvent) -> Set<UUID> {
-        guard event.table == "branch_member", event.sequence > coveredThrough else { return [] }
+        guard event.table == TableSchema.branchMember.table, event.sequence > coveredThrough else { return [] }
         coveredThrough = event.sequence
         var ended = Set<UUID>()
         if event.operation == .truncate {

@@ -31,12 +31,12 @@ public struct SubscriptionOptions: Sendable, Equatable {
     /// - Throws: `APIError` 400 `invalid_parameter` for an unknown table, `invalid_filter` for a bad filter.
     public init(tables: Set<String>? = nil, operations: Set<ChangeEvent.Operation>? = nil, filters: [String] = []) throws(APIError) {
         if let tables {
-            for table in tables where StreamedTables.schema(table) == nil {
-                throw .invalidParameter("Unknown table '\(table)'; the streamed tables are \(StreamedTables.names.joined(separator: ", ")).")
+            for table in tables where TableSchema.streamed(table) == nil {
+                throw .invalidParameter("Unknown table '\(table)'; the streamed tables are \(TableSchema.streamedNames.joined(separator: ", ")).")
             }
         }
         guard filters.count <= Self.maxFilters else { throw .invalidFilter("At most \(Self.maxFilters) filters are allowed.") }
-        let scope = StreamedTables.all.filter { tables?.contains($0.table) ?? true }
+        let scope = TableSchema.streamed.filter { tables?.contains($0.table) ?? true }
         self.tables = tables
         self.operations = operations
         rowFilters = []

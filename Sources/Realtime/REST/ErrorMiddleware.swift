@@ -66,11 +66,10 @@ extension APIError {
         }
     }
 
-    static let checkMessages: [String: String] = [
-        "task_period_check": "ends_at must be after starts_at.",
-        "plan_period_check": "period_end must not be before period_start.",
-        "attachment_one_parent_check": "An attachment has exactly one parent: plan_id, task_id or client_card_id.",
-    ]
+    /// The registry's messages for named CHECK constraints (``TableSchema/checkMessages``).
+    static let checkMessages: [String: String] = TableSchema.exposed.reduce(into: [:]) { messages, schema in
+        messages.merge(schema.checkMessages) { first, _ in first }
+    }
 }
 
 extension PSQLError {

@@ -56,7 +56,21 @@ public struct Reference: Sendable {
     public var otherBranchError: APIError
 }
 
-/// A table as the API exposes it: its columns, what may be written, and how its rows find their branch.
+/// Where a streamed table's rows go: every row on its branch's channel (`branch_id`), and on its plan's channel too
+/// when `planColumn` names the row's plan.
+public struct FeedPlacement: Sendable, Equatable {
+    /// The column naming the row's plan (`id` for a plan itself); nil when the rows stream on their branch only.
+    public var planColumn: String?
+    /// The column naming the row's task, which a subscription's `task_id` filter matches; nil when there is none.
+    public var taskColumn: String?
+}
+
+/// The one registry of tables: for each, its REST path, its columns and which may be written, its policy resource, the
+/// columns that locate it (branch, plan, task, references) and whether and where its changes stream.
+///
+/// Everything else derives from it: the REST routes (``exposed``), the policy resource, the event log's locating
+/// columns (``streamed``), the channels a row streams on, and the error messages that list tables. `RegistryTests`
+/// fails when the migrations' catalog, the OpenAPI document or the browser client's table map disagree with it.
 public struct TableSchema: Sendable {
     /// The SQL table name, e.g. `client_card`.
     public var table: String
@@ -70,6 +84,10 @@ public struct TableSchema: Sendable {
     public var writable: Bool
     /// Columns of which a new row must set exactly one (an attachment's parent).
     public var exactlyOneOf: [String] = []
+    /// Where its changes stream; nil for a table that does not stream.
+    public var feed: FeedPlacement?
+    /// What a broken named CHECK constraint of the table means, as the API's `422 constraint_violation` says it.
+    public var checkMessages: [String: String] = [:]
 
     public func column(_ name: String) -> Column? { columns.first { $0.name == name } }
 
@@ -94,7 +112,9 @@ public struct TableSchema: Sendable {
             Column("period_end", .date, .always, required: true),
         ] + stamps,
         references: [],
-        writable: true
+        writable: true,
+        feed: FeedPlacement(planColumn: "id", taskColumn: nil),
+        checkMessages: ["plan_period_check": "period_end must not be before period_start."]
     )
 
     public static let task = TableSchema(
@@ -119,7 +139,9 @@ public struct TableSchema: Sendable {
                 otherBranchError: .invalidReference("The client card belongs to another branch than the task.")
             ),
         ],
-        writable: true
+        writable: true,
+        feed: FeedPlacement(planColumn: "plan_id", taskColumn: "id"),
+        checkMessages: ["task_period_check": "ends_at must be after starts_at."]
     )
 
     public static let clientCard = TableSchema(
@@ -134,7 +156,8 @@ public struct TableSchema: Sendable {
             Column("notes", .text, nullable: true, .always),
         ] + stamps,
         references: [],
-        writable: true
+        writable: true,
+        feed: FeedPlacement(planColumn: nil, taskColumn: nil)
     )
 
     public static let attachment = TableSchema(
@@ -160,7 +183,9 @@ public struct TableSchema: Sendable {
             )
         },
         writable: true,
-        exactlyOneOf: ["plan_id", "task_id", "client_card_id"]
+        exactlyOneOf: ["plan_id", "task_id", "client_card_id"],
+        feed: FeedPlacement(planColumn: "plan_id", taskColumn: "task_id"),
+        checkMessages: ["attachment_one_parent_check": "An attachment has exactly one parent: plan_id, task_id or client_card_id."]
     )
 
     public static let statusHistory = TableSchema(
@@ -178,9 +203,44 @@ public struct TableSchema: Sendable {
             Column("changed_by", .uuid, nullable: true),
         ] + stamps,
         references: [],
-        writable: false
+        writable: false,
+        feed: FeedPlacement(planColumn: "plan_id", taskColumn: "task_id")
+    )
+
+    /// Who is a member of which branch: its changes stream (the fan-out and every replay learn memberships from
+    /// them), but it is written and read through `/rest/v1/branches/{id}/members`, not the generic row controller.
+    public static let branchMember = TableSchema(
+        table: "branch_member",
+        path: "branch_members",
+        resource: .branchMember,
+        columns: [
+            Column("id", .uuid),
+            Column("branch_id", .uuid),
+            Column("user_id", .uuid),
+            Column("role", .oneOf(MemberRole.allCases.map(\.rawValue))),
+            Column("created_at", .timestamp),
+            Column("updated_at", .timestamp),
+            Column("updated_by", .uuid, nullable: true),
+        ],
+        references: [],
+        writable: false,
+        feed: FeedPlacement(planColumn: nil, taskColumn: nil)
     )
 
     /// The tables served under `/rest/v1/<path>` by the generic row controller.
     public static let exposed: [TableSchema] = [plan, task, clientCard, attachment, statusHistory]
+
+    /// The tables whose changes stream to subscribers (the publication `realtime_changes`), in a fixed order.
+    public static let streamed: [TableSchema] = (exposed + [branchMember]).filter { $0.feed != nil }
+
+    /// The names of the streamed tables.
+    public static let streamedNames: [String] = streamed.map(\.table)
+
+    private static let streamedByName: [String: TableSchema] = Dictionary(uniqueKeysWithValues: streamed.map { ($0.table, $0) })
+
+    /// A streamed table by name, or nil for any other name.
+    public static func streamed(_ table: String) -> TableSchema? { streamedByName[table] }
+
+    /// The streamed tables whose rows also stream on their plan's channel.
+    public static let planScopedTables: Set<String> = Set(streamed.filter { $0.feed?.planColumn != nil }.map(\.table))
 }
