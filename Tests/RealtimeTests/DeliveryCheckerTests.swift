@@ -300,10 +300,10 @@ struct DeliveryCheckerTests {
             }
         }
 
-        let right = Self.checkDeletes(in: frames(move.delivered(as: .delete)), branch: from, history: history)
+        let right = Self.checkDeletes(in: frames(move.placed(as: .delete)), branch: from, history: history)
         #expect(right.problems.isEmpty && right.movesOut == 1 && right.againstStream == 1, "\(right)")
 
-        var wrong = move.delivered(as: .delete)
+        var wrong = move.placed(as: .delete)
         wrong.oldRecord = move.record
         let problems = Self.checkDeletes(in: frames(wrong), branch: from, history: history).problems
         for expected in ["branch_id", "phone", "not the stream's branch", "the stream last had", "the log held", "of the row after the move"] {

@@ -180,23 +180,23 @@ extension Subscription {
     let branch = Fixture.branchA
     let plan = Fixture.planA
 
-    private func deliveries(_ table: String, plan: UUID?) -> [ChannelDelivery] {
-        Channel.deliveries(of: Fixture.event(1, table, .insert, branch: branch, plan: plan))
+    private func deliveries(_ table: String, plan: UUID?) -> [ChannelPlacement] {
+        Channel.placements(of: Fixture.event(1, table, .insert, branch: branch, plan: plan))
     }
 
     @Test(arguments: ["plan", "task", "status_history", "attachment"])
     func planScopedTablesGoToPlanAndBranch(table: String) {
         #expect(
             deliveries(table, plan: plan) == [
-                ChannelDelivery(channel: .plan(plan), operation: .insert, branchID: branch),
-                ChannelDelivery(channel: .branch(branch), operation: .insert, branchID: branch),
+                ChannelPlacement(channel: .plan(plan), operation: .insert, branchID: branch),
+                ChannelPlacement(channel: .branch(branch), operation: .insert, branchID: branch),
             ]
         )
     }
 
     @Test(arguments: ["client_card", "branch_member"])
     func branchTablesGoToTheBranchOnly(table: String) {
-        #expect(deliveries(table, plan: plan) == [ChannelDelivery(channel: .branch(branch), operation: .insert, branchID: branch)])
+        #expect(deliveries(table, plan: plan) == [ChannelPlacement(channel: .branch(branch), operation: .insert, branchID: branch)])
     }
 
     @Test func anAttachmentWithoutAPlanGoesToTheBranchOnly() {
@@ -205,7 +205,7 @@ extension Subscription {
 
     @Test func anUpdateThatStaysIsAnUpdateEverywhere() {
         let event = Fixture.event(1, "task", .update, branch: branch, plan: plan, oldBranch: branch, oldPlan: plan)
-        #expect(Channel.deliveries(of: event).map(\.operation) == [.update, .update])
+        #expect(Channel.placements(of: event).map(\.operation) == [.update, .update])
     }
 
     @Test func aMoveBetweenPlansIsADeleteInTheOldPlanAndAnInsertInTheNew() {
@@ -215,13 +215,13 @@ extension Subscription {
             7, "task", .update, branch: branch, plan: newPlan, oldPlan: plan, record: record,
             oldRecord: #"{"plan_id":"\#(plan.lowercased)","title":"Before"}"#)
         #expect(
-            Channel.deliveries(of: event) == [
-                ChannelDelivery(channel: .plan(newPlan), operation: .insert, branchID: branch),
-                ChannelDelivery(channel: .plan(plan), operation: .delete, branchID: branch),
-                ChannelDelivery(channel: .branch(branch), operation: .update, branchID: branch),
+            Channel.placements(of: event) == [
+                ChannelPlacement(channel: .plan(newPlan), operation: .insert, branchID: branch),
+                ChannelPlacement(channel: .plan(plan), operation: .delete, branchID: branch),
+                ChannelPlacement(channel: .branch(branch), operation: .update, branchID: branch),
             ]
         )
-        let moveOut = event.delivered(as: .delete)
+        let moveOut = event.placed(as: .delete)
         #expect(moveOut.operation == .delete)
         #expect(moveOut.planID == plan)
         #expect(moveOut.record == "{}")
@@ -232,12 +232,12 @@ extension Subscription {
                 "id": Fixture.taskA.lowercased, "branch_id": branch.lowercased, "plan_id": plan.lowercased, "status": "taken", "title": "Before",
             ])
         #expect(moveOut.oldPlanID == nil)
-        let moveIn = event.delivered(as: .insert)
+        let moveIn = event.placed(as: .insert)
         #expect(moveIn.operation == .insert)
         #expect(moveIn.planID == newPlan)
         #expect(moveIn.record == record)
         #expect(moveIn.oldRecord == "{}")
-        #expect(event.delivered(as: .update) == event)
+        #expect(event.placed(as: .update) == event)
     }
 
     @Test func aMoveBetweenBranchesNeedsTheOldBranchForTheDelete() {
@@ -250,12 +250,12 @@ extension Subscription {
             record: #"{"branch_id":"\#(Fixture.branchB.lowercased)"}"#
         )
         #expect(
-            Channel.deliveries(of: event) == [
-                ChannelDelivery(channel: .branch(Fixture.branchB), operation: .insert, branchID: Fixture.branchB),
-                ChannelDelivery(channel: .branch(branch), operation: .delete, branchID: branch),
+            Channel.placements(of: event) == [
+                ChannelPlacement(channel: .branch(Fixture.branchB), operation: .insert, branchID: Fixture.branchB),
+                ChannelPlacement(channel: .branch(branch), operation: .delete, branchID: branch),
             ]
         )
-        #expect(event.delivered(as: .delete).branchID == branch)
+        #expect(event.placed(as: .delete).branchID == branch)
     }
 }
 

@@ -163,7 +163,7 @@ struct PolicyEquivalenceTests {
                                     for: principal, options: SubscriptionOptions(), mask: UInt8(mask), memberships: memberships)
                             else { continue }
                             let frame = String(
-                                buffer: SSEFrame.change(event.delivered(as: decision.operation), channels: fanOut.channels(decision.readable)))
+                                buffer: SSEFrame.change(event.placed(as: decision.operation), channels: fanOut.channels(decision.readable)))
                             // The card's new phone reaches only those who may read the branch it moved to.
                             let mayReadNewBranch = principal.isService || memberships.role(in: branches[2]) != nil
                             #expect(
@@ -178,7 +178,7 @@ struct PolicyEquivalenceTests {
                     }
                     // The check fails the server's old behaviour: a move shown to those it leaves as the row after it.
                     if moved, key == "client_card/\(written.movedCard.uuidString.lowercased())", let truth {
-                        var wrong = event.delivered(as: .delete)
+                        var wrong = event.placed(as: .delete)
                         wrong.oldRecord = event.record
                         let problems = Self.deleteProblems(
                             frame: String(buffer: SSEFrame.change(wrong, channels: [.branch(branches[0])])), truth: truth, newRow: newRow,

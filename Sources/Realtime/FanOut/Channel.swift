@@ -79,23 +79,23 @@ public enum Channel: Hashable, Sendable, CustomStringConvertible {
     /// row (`oldBranchID`/`oldPlanID` set and different) goes as a DELETE to the channels it left, as an INSERT to the
     /// channels it entered, and as the UPDATE to the channels it stayed in. A nil `oldBranchID`/`oldPlanID` means "did
     /// not move". Plan channels come before branch channels; on each side the new place before the old one.
-    public static func deliveries(of event: ChangeEvent) -> [ChannelDelivery] {
+    public static func placements(of event: ChangeEvent) -> [ChannelPlacement] {
         let current = channels(table: event.table, branchID: event.branchID, planID: event.planID)
         guard event.operation == .update, event.oldBranchID != nil || event.oldPlanID != nil else {
-            return current.map { ChannelDelivery(channel: $0, operation: event.operation, branchID: event.branchID) }
+            return current.map { ChannelPlacement(channel: $0, operation: event.operation, branchID: event.branchID) }
         }
         let oldBranchID = event.oldBranchID ?? event.branchID
         let previous = channels(table: event.table, branchID: oldBranchID, planID: event.oldPlanID ?? event.planID)
-        var deliveries: [ChannelDelivery] = []
-        deliveries.reserveCapacity(current.count + previous.count)
+        var placements: [ChannelPlacement] = []
+        placements.reserveCapacity(current.count + previous.count)
         for channel in current {
             let stayed = previous.contains(channel)
-            deliveries.append(ChannelDelivery(channel: channel, operation: stayed ? .update : .insert, branchID: event.branchID))
+            placements.append(ChannelPlacement(channel: channel, operation: stayed ? .update : .insert, branchID: event.branchID))
         }
         for channel in previous where !current.contains(channel) {
-            deliveries.append(ChannelDelivery(channel: channel, operation: .delete, branchID: oldBranchID))
+            placements.append(ChannelPlacement(channel: channel, operation: .delete, branchID: oldBranchID))
         }
-        return deliveries.filter(\.channel.isPlan) + deliveries.filter { !$0.channel.isPlan }
+        return placements.filter(\.channel.isPlan) + placements.filter { !$0.channel.isPlan }
     }
 
     /// Whether rows of the table stream on this channel: a branch's carries every table, a plan's the plan-scoped ones,
@@ -115,7 +115,7 @@ public enum Channel: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// One channel an event is delivered on, with the operation it shows there.
-public struct ChannelDelivery: Sendable, Hashable {
+public struct ChannelPlacement: Sendable, Hashable {
     public var channel: Channel
     /// The event's own operation, or for a move the DELETE (channel left) or INSERT (channel entered) it becomes.
     public var operation: ChangeEvent.Operation

@@ -9,7 +9,7 @@ import NIOCore
 /// after. Its `channels` name every one of those channels. Each distinct frame is encoded once and shared.
 struct EventFanOut {
     let event: ChangeEvent
-    let deliveries: [ChannelDelivery]
+    let deliveries: [ChannelPlacement]
     private let resource: Resource
     private var newRow: LazyRow
     private var oldRow: LazyRow
@@ -19,7 +19,7 @@ struct EventFanOut {
 
     init(_ event: ChangeEvent) {
         self.event = event
-        let deliveries = Channel.deliveries(of: event)
+        let deliveries = Channel.placements(of: event)
         precondition(deliveries.count <= UInt8.bitWidth, "An event has at most four deliveries.")
         self.deliveries = deliveries
         resource = Resource(rawValue: event.table) ?? .branch
@@ -35,7 +35,7 @@ struct EventFanOut {
     }
 
     /// Whether the principal may read the delivery's branch; a row without a branch only the service role reads.
-    private func mayRead(_ delivery: ChannelDelivery, _ principal: Principal, _ memberships: Memberships) -> Bool {
+    private func mayRead(_ delivery: ChannelPlacement, _ principal: Principal, _ memberships: Memberships) -> Bool {
         guard let branch = delivery.branchID else { return principal.isService }
         return Policy.decide(principal, memberships, .read, resource, inBranch: branch) == .allowed
     }
@@ -45,7 +45,7 @@ struct EventFanOut {
         guard let (operation, readable) = decide(for: subscriber.principal, options: subscriber.options, mask: mask, memberships: memberships)
         else { return nil }
         if let frame = frames.first(where: { $0.operation == operation && $0.mask == readable }) { return frame.bytes }
-        let bytes = SSEFrame.change(event.delivered(as: operation), channels: channels(readable))
+        let bytes = SSEFrame.change(event.placed(as: operation), channels: channels(readable))
         frames.append((operation, readable, bytes))
         return bytes
     }

@@ -11,7 +11,7 @@ public struct SubscriptionOptions: Sendable, Equatable {
 
     /// Only events of these tables; nil for all streamed tables.
     public private(set) var tables: Set<String>?
-    /// Only events delivered as these operations (after a move is split, see ``Channel/deliveries(of:)``); nil for all.
+    /// Only events delivered as these operations (after a move is split, see ``Channel/placements(of:)``); nil for all.
     public private(set) var operations: Set<ChangeEvent.Operation>?
     /// Conditions every delivered row must meet.
     public var filters: [ListQuery.Filter] { rowFilters.map(\.filter) }
@@ -79,7 +79,7 @@ public struct SubscriptionOptions: Sendable, Equatable {
     /// Whether an event, delivered as `operation`, passes the table, operation and filter options.
     ///
     /// Filters test the new row, or the old row for a DELETE (for a move-out DELETE, the row as it was before
-    /// the move; see ``ChangeEvent/delivered(as:)``). An event whose table lacks a filtered column does not match.
+    /// the move; see ``ChangeEvent/placed(as:)``). An event whose table lacks a filtered column does not match.
     public func matches(_ event: ChangeEvent, operation: ChangeEvent.Operation) -> Bool {
         var row = LazyRow(text: event.filteredRow(deliveredAs: operation))
         return matches(table: event.table, operation: operation, row: &row)

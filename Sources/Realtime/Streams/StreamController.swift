@@ -231,7 +231,7 @@ struct StreamController {
                         let (operation, readable) = fanOut.decide(for: principal, options: options, mask: mask, memberships: memberships)
                     else { continue }
                     let id = Cursor(sequence: event.sequence, snapshot: snapshot).description
-                    found.append(SSEFrame.changeJSON(event.delivered(as: operation), channels: fanOut.channels(readable), id: id))
+                    found.append(SSEFrame.changeJSON(event.placed(as: operation), channels: fanOut.channels(readable), id: id))
                 }
                 scanned = max(scanned, readThrough)
                 if events.count < Self.catchUpBatch { break }

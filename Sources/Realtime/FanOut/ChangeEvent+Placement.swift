@@ -1,14 +1,14 @@
 import Foundation
 
 extension ChangeEvent {
-    /// This event as shown on a channel where it counts as `operation` (see ``Channel/deliveries(of:)``).
+    /// This event as shown on a channel where it counts as `operation` (see ``Channel/placements(of:)``).
     ///
     /// Only a moving UPDATE changes:
     /// - as a DELETE (a channel it left) it is placed where the row was, with `record` `{}` as for any DELETE, and its
     ///   `oldRecord` is the whole row **as it was before the change** (``rowBeforeChange``): those the row leaves learn
     ///   nothing of where it went or of any value written with the move.
     /// - as an INSERT (a channel it entered) it is the new row with `oldRecord` `{}`.
-    public func delivered(as operation: Operation) -> ChangeEvent {
+    public func placed(as operation: Operation) -> ChangeEvent {
         guard operation != self.operation, self.operation == .update else { return self }
         var event = self
         event.operation = operation

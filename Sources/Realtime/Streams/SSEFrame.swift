@@ -28,7 +28,7 @@ public enum SSEFrame {
     public static let keepalive = comment("keepalive")
 
     /// The frame of a change as delivered on `channels` (pass the event already rewritten with
-    /// ``ChangeEvent/delivered(as:)``).
+    /// ``ChangeEvent/placed(as:)``).
     public static func change(_ event: ChangeEvent, channels: [Channel]) -> ByteBuffer {
         var buffer = ByteBufferAllocator().buffer(capacity: 256 + event.record.utf8.count + event.oldRecord.utf8.count + channels.count * 48)
         buffer.writeString("id: \(event.sequence)\nevent: \(changeEventName)\ndata: ")
