@@ -52,10 +52,22 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        // A PostgreSQL cluster the server runs itself (`realtime serve` without --database-url) and the tests start:
+        // finding the programs, the cluster's files and account, and the processes. The server library never uses it.
+        .target(
+            name: "EmbeddedCluster",
+            dependencies: [
+                .target(name: "Realtime"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "RealtimeCLI",
             dependencies: [
                 .target(name: "Realtime"),
+                .target(name: "EmbeddedCluster"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -82,6 +94,7 @@ let package = Package(
             name: "RealtimeTests",
             dependencies: [
                 .target(name: "Realtime"),
+                .target(name: "EmbeddedCluster"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EmbeddedCluster
 import Foundation
 import Hummingbird
 import Logging

@@ -3,6 +3,7 @@ import HTTPTypes
 import PostgresNIO
 import Testing
 
+@testable import EmbeddedCluster
 @testable import Realtime
 
 /// The policy across time, end to end: what a user may replay is what they could see when it happened, and a row that

@@ -3,6 +3,7 @@ import Logging
 import PostgresNIO
 import Synchronization
 
+@testable import EmbeddedCluster
 @testable import Realtime
 
 #if canImport(Glibc)
