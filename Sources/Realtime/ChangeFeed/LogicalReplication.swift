@@ -394,16 +394,9 @@ private final class ReplicationSession {
 
     private var decoder = PgOutputDecoder()
     private var assembler = WALTransactionAssembler()
-    /// The slot's confirmed_flush_lsn when the session started: never report less.
-    private var startLSN: UInt64 = 0
-    /// The end LSN of the last transaction delivered to the consumer.
-    private var lastDeliveredLSN: UInt64 = 0
-    /// A position up to which nothing is left to deliver (keepalives, transactions without changes); it may be reported
-    /// once the consumer has confirmed everything delivered.
-    private var idleLSN: UInt64 = 0
-    private var lastReportedLSN: UInt64 = 0
-    private var nextStatusUpdate: ContinuousClock.Instant
-    private var statusUpdatePending = false
+    /// What to report of the slot's position, and when (the rules live there, tested without libpq).
+    private var position: SlotPosition
+    /// libpq holds output it could not send yet.
     private var flushPending = false
 
     init(
@@ -416,7 +409,7 @@ private final class ReplicationSession {
         self.control = control
         self.confirmedLSN = confirmedLSN
         self.continuation = continuation
-        self.nextStatusUpdate = clock.now + LogicalReplicationStream.statusInterval
+        self.position = SlotPosition(interval: LogicalReplicationStream.statusInterval, now: clock.now)
     }
 
     /// Connects, streams until stopped or until the connection fails, closes the connection, then finishes the stream.
@@ -449,7 +442,7 @@ private final class ReplicationSession {
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '\(parameters.slot)'",
             on: connection
         )
-        startLSN = slotRow.first?.first.flatMap { $0 }.flatMap(LogicalReplicationStream.parseLSN) ?? 0
+        let startLSN = slotRow.first?.first.flatMap { $0 }.flatMap(LogicalReplicationStream.parseLSN) ?? 0
         // IDENTIFY_SYSTEM returns systemid, timeline, xlogpos, dbname.
         let serverLSN = system.first.flatMap { $0.count > 2 ? $0[2] : nil } ?? "?"
         logger.debug(
@@ -465,7 +458,7 @@ private final class ReplicationSession {
             expecting: PGRES_COPY_BOTH
         )
         guard PQsetnonblocking(connection, 1) == 0 else { throw LibPQ.connectionError(connection, "could not enter non-blocking mode") }
-        lastReportedLSN = startLSN
+        position.started(confirmedFlushLSN: startLSN)
         try loop(on: connection)
     }
 
@@ -475,9 +468,7 @@ private final class ReplicationSession {
         while true {
             let requests = control.takeRequests()
             if requests.stop { return }
-            if requests.statusUpdate || statusUpdatePending || clock.now >= nextStatusUpdate {
-                try sendStatusUpdate(on: connection)
-            }
+            try perform(position.turn(now: clock.now, requested: requests.statusUpdate, confirmedLSN: confirmedLSN()), on: connection)
             if flushPending {
                 let flushed = PQflush(connection)
                 guard flushed >= 0 else { throw LibPQ.connectionError(connection, "could not send a status update") }
@@ -509,7 +500,7 @@ private final class ReplicationSession {
     /// Waits until the socket is readable (unless `reading` is false) or writable (when output is pending), a request
     /// arrives (including room freed by the consumer), or a status update is due.
     private func wait(on connection: OpaquePointer, socket: Int32, reading: Bool = true) throws(ReplicationError) {
-        let untilStatus = nextStatusUpdate - clock.now
+        let untilStatus = position.nextStatusUpdate - clock.now
         let milliseconds = max(0, min(1000, untilStatus.components.seconds * 1000 + untilStatus.components.attoseconds / 1_000_000_000_000_000))
         var descriptors = [
             pollfd(fd: socket, events: (reading ? Int16(POLLIN) : 0) | (flushPending ? Int16(POLLOUT) : 0), revents: 0),
@@ -529,9 +520,9 @@ private final class ReplicationSession {
     private func handle(_ bytes: [UInt8], on connection: OpaquePointer) throws(ReplicationError) {
         switch try ReplicationProtocol.parse(bytes) {
         case .keepalive(let walEnd, _, let replyRequested):
-            // Everything before walEnd has been sent already: unless a transaction is half received, nothing below it is missing.
-            if !assembler.isInTransaction { idleLSN = max(idleLSN, walEnd) }
-            if replyRequested { try sendStatusUpdate(on: connection) }
+            let action = position.keepalive(
+                walEnd: walEnd, replyRequested: replyRequested, inTransaction: assembler.isInTransaction, confirmedLSN: confirmedLSN())
+            try perform(action, on: connection)
         case .xLogData(_, _, _, let payload):
             let message = try decoder.decode(payload)
             switch message {
@@ -547,26 +538,20 @@ private final class ReplicationSession {
             default:
                 break
             }
-            guard let transaction = try assembler.consume(message) else { return }
-            if transaction.changes.isEmpty && transaction.firstIndex == 0 {
-                idleLSN = max(idleLSN, transaction.endLSN)
-                return
-            }
-            if transaction.isComplete { lastDeliveredLSN = transaction.endLSN }
+            guard let transaction = try assembler.consume(message), position.assembled(transaction) == .deliver else { return }
             control.delivered(transaction.weight)
             if case .terminated = continuation.yield(transaction) { control.requestStop() }
         }
     }
 
-    /// The position to report: what the consumer confirmed, or the idle position once it confirmed everything delivered.
-    private func reportableLSN() -> UInt64 {
-        let confirmed = confirmedLSN()
-        let idle = confirmed >= lastDeliveredLSN ? idleLSN : 0
-        return max(startLSN, confirmed, idle)
+    private func perform(_ action: SlotPosition.Action, on connection: OpaquePointer) throws(ReplicationError) {
+        switch action {
+        case .none: return
+        case .sendStatusUpdate(let lsn): try sendStatusUpdate(lsn, on: connection)
+        }
     }
 
-    private func sendStatusUpdate(on connection: OpaquePointer) throws(ReplicationError) {
-        let lsn = reportableLSN()
+    private func sendStatusUpdate(_ lsn: UInt64, on connection: OpaquePointer) throws(ReplicationError) {
         let message = ReplicationProtocol.statusUpdate(lsn: lsn, now: Date())
         let queued = message.withUnsafeBytes { bytes in
             PQputCopyData(connection, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
@@ -574,19 +559,15 @@ private final class ReplicationSession {
         guard queued >= 0 else { throw LibPQ.connectionError(connection, "could not send a status update") }
         guard queued == 1 else {
             // Non-blocking mode and libpq's buffer is full: try again after the next wait.
-            statusUpdatePending = true
+            position.statusUpdateDeferred()
             flushPending = true
             return
         }
-        statusUpdatePending = false
+        let moved = position.statusUpdateSent(lsn: lsn, now: clock.now)
         let flushed = PQflush(connection)
         guard flushed >= 0 else { throw LibPQ.connectionError(connection, "could not send a status update") }
         flushPending = flushed == 1
-        nextStatusUpdate = clock.now + LogicalReplicationStream.statusInterval
-        if lsn != lastReportedLSN {
-            logger.debug("reported \(LogicalReplicationStream.formatLSN(lsn)) as flushed")
-            lastReportedLSN = lsn
-        }
+        if moved { logger.debug("reported \(LogicalReplicationStream.formatLSN(lsn)) as flushed") }
     }
 }
 
