@@ -64,14 +64,15 @@ extension Hub {
 
 extension HubState {
     /// Offers an ephemeral frame to every subscriber of a channel that may read the channel's plan now (the plan's
-    /// branch and the memberships as the feed has brought them, as for change frames); one whose buffer is full is
-    /// ended as slow.
+    /// branch as the hub knows it; the memberships as the feed has brought them, or as the database showed them at
+    /// admission and the feed has not removed since: see ``mayHear(plan:_:)``); one whose buffer is full is ended as
+    /// slow.
     mutating func fanOutEphemeral(_ frame: ByteBuffer, on channel: Channel, logger: Logger) {
         guard let subscribers = index[channel] else { return }
         let branch = channel.planID.flatMap { planBranches[$0] }
         var ended: [(Subscriber, EndReason?)] = []
         for subscriber in subscribers.values {
-            guard mayRead(plan: branch, subscriber.principal) else { continue }
+            guard mayHear(plan: branch, subscriber) else { continue }
             switch subscriber.mailbox.offerEphemeral(frame) {
             case .accepted: break
             case .full: ended.append((subscriber, .slowConsumer))
@@ -85,6 +86,17 @@ extension HubState {
                 _ = remove(subscriber.id)
             }
         }
+    }
+
+    /// Whether a subscriber may hear a plan's presence and broadcasts now. They are of the present, with no history to
+    /// keep in order, so besides the feed's memberships the database's at admission count, unless the feed has
+    /// removed that membership since: on a node whose feed lags, a user who just joined hears the plan at once.
+    func mayHear(plan branch: UUID?, _ subscriber: Subscriber) -> Bool {
+        if mayRead(plan: branch, subscriber.principal) { return true }
+        guard let branch, let admitted = subscriber.admittedMemberships, case .user(let userID) = subscriber.principal,
+            removedMemberships[MembershipChange.Member(userID: userID, branchID: branch)] == nil
+        else { return false }
+        return Policy.decide(subscriber.principal, admitted, .read, .plan, inBranch: branch) == .allowed
     }
 
     /// Whether a principal may read a plan in `branch` now; a plan of no known branch only the service role reads.

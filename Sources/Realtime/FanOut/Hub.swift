@@ -103,13 +103,15 @@ public final class Hub: Sendable {
         mailbox.onTermination { [weak self] in self?.unsubscribe(id) }
         try state.withLock { (state) throws(APIError) in
             guard !state.isShutDown else { throw .notReady("The server is shutting down; reconnect shortly.") }
-            let branches = try state.readableBranches(of: channels, for: principal, admittedWith: databaseMemberships)
+            let admitted = databaseMemberships.map { state.stillHeld($0, by: principal) }
+            let branches = try state.readableBranches(of: channels, for: principal, admittedWith: admitted)
             let subscriber = Subscriber(
                 id: id,
                 principal: principal,
                 channels: channels,
                 branches: branches,
                 options: options,
+                admittedMemberships: admitted,
                 expiresAt: expiresAt,
                 mailbox: mailbox,
                 lastSequence: cursor,
@@ -251,18 +253,22 @@ struct HubState {
         return memberships[userID] ?? Memberships()
     }
 
+    /// The database's memberships of a principal less those the feed has removed (the read may predate the removal).
+    func stillHeld(_ database: Memberships, by principal: Principal) -> Memberships {
+        guard case .user(let userID) = principal else { return database }
+        var memberships = database
+        for branch in database.roles.keys where removedMemberships[MembershipChange.Member(userID: userID, branchID: branch)] != nil {
+            memberships.roles[branch] = nil
+        }
+        return memberships
+    }
+
     /// The branches of the channels, after checking that the principal may read each of them: by the database's
-    /// memberships when given (less those the feed removed since), else by the cache's.
+    /// memberships when given (already less those the feed removed, ``stillHeld(_:by:)``), else by the cache's.
     func readableBranches(of channels: Set<Channel>, for principal: Principal, admittedWith database: Memberships? = nil) throws(APIError)
         -> Set<UUID>
     {
-        var memberships = memberships(of: principal)
-        if let database, case .user(let userID) = principal {
-            memberships = database
-            for branch in database.roles.keys where removedMemberships[MembershipChange.Member(userID: userID, branchID: branch)] != nil {
-                memberships.roles[branch] = nil
-            }
-        }
+        let memberships = database ?? memberships(of: principal)
         var branches = Set<UUID>()
         for channel in channels {
             let branch: UUID?

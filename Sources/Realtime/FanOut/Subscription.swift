@@ -27,6 +27,9 @@ final class Subscriber {
     /// them ends it.
     var branches: Set<UUID>
     let options: SubscriptionOptions
+    /// The memberships the database showed when it was admitted (less those the feed had removed), if the caller read
+    /// them: they let it hear presence and broadcasts, which are of the present, before a lagging feed brings the grant.
+    let admittedMemberships: Memberships?
     let expiresAt: Date?
     let mailbox: Mailbox
     /// The highest sequence offered to it; it is never offered that or an earlier one again.
@@ -46,11 +49,13 @@ final class Subscriber {
         channels: Set<Channel>,
         branches: Set<UUID>,
         options: SubscriptionOptions,
+        admittedMemberships: Memberships? = nil,
         expiresAt: Date?,
         mailbox: Mailbox,
         lastSequence: Int64,
         snapshot: Cursor.Snapshot? = nil
     ) {
+        self.admittedMemberships = admittedMemberships
         self.snapshot = snapshot
         self.snapshotSequence = lastSequence
         self.id = id
