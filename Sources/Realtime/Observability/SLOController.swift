@@ -38,10 +38,28 @@ struct SLOController {
     func report(at now: Date) throws -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        var text = String(decoding: try encoder.encode(slo.report(at: now)), as: UTF8.self)
-        text.removeLast()  // "}": add the node and the time the window ends
-        text += #","node":"# + JSONText.quote(nodeID) + #","generated_at":""# + Timestamp.text(now) + "\"}"
-        return .json(.ok, text)
+        let body = NodeReport(report: slo.report(at: now), node: nodeID, generatedAt: Timestamp.text(now))
+        return .json(.ok, String(decoding: try encoder.encode(body), as: UTF8.self))
+    }
+
+    /// The report of `GET /realtime/v1/slo`: the window's figures, with the node and the time the window ends beside
+    /// them in the same object.
+    struct NodeReport: Encodable {
+        let report: SLOReport
+        let node: String
+        let generatedAt: String
+
+        private enum Keys: String, CodingKey {
+            case node
+            case generatedAt = "generated_at"
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            try report.encode(to: encoder)
+            var container = encoder.container(keyedBy: Keys.self)
+            try container.encode(node, forKey: .node)
+            try container.encode(generatedAt, forKey: .generatedAt)
+        }
     }
 
     /// `{"samples_ms":[12, 40.5, …]}`: 1 to 100 delays, each from 0 to one hour.
