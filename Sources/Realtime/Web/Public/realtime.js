@@ -47,6 +47,13 @@ const DEFAULT_REPORT_DELAY_EVERY_MS = 30_000;
 const MAX_DELAY_SAMPLES = 100;
 const MAX_DELAY_SAMPLE_MS = 3_600_000;
 const PRESENCE_MIN_INTERVAL_MS = 250;
+const DEFAULT_REQUEST_TIMEOUT_MS = 15_000;
+const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
+const DEFAULT_MAX_WRITE_ATTEMPTS = 5;
+const DEFAULT_MAX_ROWS = 50_000;
+const DEFAULT_MAX_TOMBSTONES = 10_000;
+/** How long a lower bound of the server's clock taken from a commit timestamp is trusted. */
+const COMMIT_FLOOR_TTL_MS = 10 * 60_000;
 
 // ---------------------------------------------------------------------------------------------- small helpers
 
@@ -284,6 +291,13 @@ export function createMemoryStorage() {
     async delete(key) {
       map.delete(key);
     },
+    /** Every `[key, value]` whose key starts with `prefix`, in key order. */
+    async list(prefix) {
+      return [...map.keys()]
+        .filter((key) => key.startsWith(prefix))
+        .sort()
+        .map((key) => [key, structuredClone(map.get(key))]);
+    },
   };
 }
 
@@ -326,6 +340,90 @@ export function createIndexedDBStorage({ name = "realtime-client", indexedDB = g
     },
     async delete(key) {
       return (await opened) ? run("readwrite", (store) => store.delete(key)) : memory.delete(key);
+    },
+    async list(prefix) {
+      const db = await opened;
+      if (!db) return memory.list(prefix);
+      return new Promise((resolve, reject) => {
+        const transaction = db.transaction("kv", "readonly");
+        const found = [];
+        const cursor = transaction.objectStore("kv").openCursor(IDBKeyRange.bound(prefix, `${prefix}\uffff`));
+        cursor.onsuccess = () => {
+          if (!cursor.result) return;
+          found.push([cursor.result.key, cursor.result.value]);
+          cursor.result.continue();
+        };
+        transaction.oncomplete = () => resolve(found);
+        transaction.onerror = () => reject(transaction.error);
+        transaction.onabort = () => reject(transaction.error);
+      });
+    },
+    /** Resolves once IndexedDB has opened (true) or turned out to be unavailable (false). */
+    get available() {
+      return opened.then((db) => db !== null);
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------- tabs
+
+/**
+ * How the tabs of one browser share the write queue: `lock(name, fn)` runs `fn` while no other tab holds `name`
+ * (Web Locks), and `channel(name)` is a BroadcastChannel-like port (`postMessage`, `onmessage`, `close`). In one tab
+ * alone (no Web Locks, or storage that no other tab sees) the lock is a local mutex and there is no channel.
+ */
+export function browserTabs() {
+  const locks = globalThis.navigator?.locks;
+  const Channel = globalThis.BroadcastChannel;
+  if (!locks?.request || !Channel) return localTabs();
+  return {
+    lock: (name, fn) => locks.request(name, () => fn()),
+    channel: (name) => new Channel(name),
+  };
+}
+
+/** Coordination for a single tab: a local mutex per name, no messages. */
+export function localTabs() {
+  const held = new Map();
+  return {
+    async lock(name, fn) {
+      while (held.has(name)) await held.get(name).catch(() => {});
+      const running = Promise.resolve().then(fn);
+      held.set(name, running);
+      try {
+        return await running;
+      } finally {
+        held.delete(name);
+      }
+    },
+    channel: () => null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------- timeouts
+
+/** The error a request that ran out of time rejects with (`name` "TimeoutError", like `AbortSignal.timeout`). */
+export function timeoutError(ms) {
+  const error = new Error(`no answer within ${ms} ms`);
+  error.name = "TimeoutError";
+  return error;
+}
+
+/**
+ * An AbortSignal that fires after `ms` on `clock` (the injected clock, so that tests control time; in a browser this
+ * is what `AbortSignal.timeout(ms)` does) or when `outer` fires. `clear()` stops the timer.
+ */
+export function deadlineSignal(clock, ms, outer = null) {
+  const controller = new AbortController();
+  const timer = clock.setTimeout(() => controller.abort(timeoutError(ms)), ms);
+  const forward = () => controller.abort(outer.reason);
+  if (outer?.aborted) forward();
+  else outer?.addEventListener?.("abort", forward, { once: true });
+  return {
+    signal: controller.signal,
+    clear() {
+      clock.clearTimeout(timer);
+      outer?.removeEventListener?.("abort", forward);
     },
   };
 }
@@ -410,6 +508,8 @@ export class RealtimeChannel {
     this.trackTimer = null;
     this.trackSending = null;
     this.lastTrackAt = Number.NEGATIVE_INFINITY;
+    /** The HTTP status that errored this channel (400: the server refuses the name; not retried until subscribe()). */
+    this.errorStatus = null;
   }
 
   /**
@@ -428,8 +528,13 @@ export class RealtimeChannel {
 
   /** Joins the shared stream; `callback(status, error)` hears SUBSCRIBED, CHANNEL_ERROR and CLOSED. */
   subscribe(callback) {
-    this.statusCallback = callback ?? null;
+    if (callback) this.statusCallback = callback;
+    if (this.state === "joined" && this.client.channels.get(this.name) === this) {
+      this.client.channelsChanged();
+      return this;
+    }
     this.state = "joining";
+    this.errorStatus = null;
     this.client.addChannel(this);
     return this;
   }
@@ -438,7 +543,7 @@ export class RealtimeChannel {
   async unsubscribe() {
     if (this.tracked) await this.untrack();
     this.state = "closed";
-    this.client.removeChannel(this);
+    this.client.detachChannel(this);
     this.report("CLOSED");
     return "ok";
   }
@@ -536,7 +641,10 @@ export class RealtimeChannel {
   /** Tells the subscribe() callback. */
   report(status, error) {
     if (status === "SUBSCRIBED") this.state = "joined";
-    if (status === "CHANNEL_ERROR") this.state = "errored";
+    if (status === "CHANNEL_ERROR") {
+      this.state = "errored";
+      this.errorStatus = error?.status ?? null;
+    }
     try {
       this.statusCallback?.(status, error);
     } catch (callbackError) {
@@ -620,6 +728,12 @@ export class RealtimeClient {
     staleAfterMs = DEFAULT_STALE_AFTER_MS,
     stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS,
     reportDelayEveryMs = DEFAULT_REPORT_DELAY_EVERY_MS,
+    requestTimeoutMs = DEFAULT_REQUEST_TIMEOUT_MS,
+    connectTimeoutMs = DEFAULT_CONNECT_TIMEOUT_MS,
+    maxWriteAttempts = DEFAULT_MAX_WRITE_ATTEMPTS,
+    maxRows = DEFAULT_MAX_ROWS,
+    maxTombstones = DEFAULT_MAX_TOMBSTONES,
+    tabs = null,
   } = {}) {
     if (!fetchImpl) throw new Error("createClient needs fetch");
     this.url = url.replace(/\/+$/, "");
@@ -636,6 +750,16 @@ export class RealtimeClient {
     this.staleAfterMs = staleAfterMs;
     this.stallTimeoutMs = stallTimeoutMs;
     this.reportDelayEveryMs = reportDelayEveryMs;
+    this.requestTimeoutMs = requestTimeoutMs;
+    this.connectTimeoutMs = connectTimeoutMs;
+    this.maxWriteAttempts = maxWriteAttempts;
+    this.maxRows = maxRows;
+    this.maxTombstones = maxTombstones;
+    /** The server's clock minus this device's: from `Date` headers, and at least what commit timestamps imply. */
+    this.dateOffset = null;
+    this.commitFloor = null;
+    /** When the connection was last known good (stream live, a byte received, or the client created). */
+    this.lastHealthyAt = clock.now();
     /** Delays (ms) of live changes not reported yet, when the stream opened, and the timer of the next report. */
     this.delaySamples = [];
     this.streamOpenedAt = null;
@@ -643,8 +767,11 @@ export class RealtimeClient {
 
     this.listeners = { status: new Set(), change: new Set(), error: new Set(), reset: new Set(), queue: new Set() };
     this.currentStatus = Status.CONNECTING;
+    /** Every channel made by channel() and not removed, by name; `channels` holds those subscribed. */
+    this.registry = new Map();
     this.channels = new Map();
     this.presenceUnsupported = false;
+    this.serverOptionsRefused = false;
     this.cursor = null;
     this.generation = 0;
     this.stream = null;
@@ -663,15 +790,23 @@ export class RealtimeClient {
     this.tombstones = new Map();
     this.loadedPlans = new Set();
 
+    /** The writes waiting for the server, this tab's and other tabs' (`own: false`), oldest first. */
     this.queue = [];
     /** Settled writes whose promises resolve once the queue no longer holds them. */
     this.settledWrites = [];
     this.flushing = false;
+    this.flushAgain = false;
     this.writerBlocked = false;
+    this.authBlocked = false;
     this.writeAttempt = 0;
     this.writeTimer = null;
+    this.writeController = null;
+    this.writeCounter = 0;
     this.persisting = Promise.resolve();
-    this.queueKey = `realtime:queue:${this.url}:${this.userId ?? "anonymous"}`;
+    this.setQueueScope();
+    this.tabs = tabs ?? (storage.kind === "indexeddb" ? browserTabs() : localTabs());
+    this.tabPort = this.tabs.channel?.(`realtime-queue:${this.queuePrefix}`) ?? null;
+    if (this.tabPort) this.tabPort.onmessage = (event) => this.tabMessage(event.data);
     this.ready = this.loadQueue();
 
     this.stopNetwork = this.network.subscribe((online) => this.networkChanged(online));
@@ -747,18 +882,87 @@ export class RealtimeClient {
     this.emit("status", status);
   }
 
-  // ------------------------------------------------------------------ channels and the stream
-
-  /** The channel named `name` (`plan:<id>`, `branch:<id>`); call `.on(…)` and `.subscribe()` on it. */
-  channel(name) {
-    return new RealtimeChannel(this, name);
+  /** Notes that the connection is good now: the stale period counts from here. */
+  healthy() {
+    this.lastHealthyAt = this.clock.now();
   }
 
-  /** The channels the stream carries now. */
+  /**
+   * Arms the timer that makes the status `stale` once `staleAfterMs` have passed since the last healthy moment —
+   * whether the stream is offline, connecting or waiting for an answer that never comes.
+   */
+  armStaleTimer() {
+    if (this.closed || this.currentStatus === Status.LIVE || this.currentStatus === Status.STALE) return;
+    this.clearTimer("staleTimer");
+    const remaining = this.staleAfterMs - (this.clock.now() - this.lastHealthyAt);
+    this.staleTimer = this.clock.setTimeout(() => {
+      this.staleTimer = null;
+      if (this.currentStatus !== Status.LIVE && !this.closed) this.setStatus(Status.STALE);
+    }, Math.max(0, remaining));
+  }
+
+  // ------------------------------------------------------------------ the server's clock
+
+  /** Now, on the server's clock as far as this client can tell (ms since the epoch). */
+  serverNow() {
+    return this.clock.now() + this.clockOffset();
+  }
+
+  /** The estimated server clock minus this device's clock, in ms. */
+  clockOffset() {
+    let offset = this.dateOffset ?? 0;
+    if (this.commitFloor && this.clock.now() - this.commitFloor.at < COMMIT_FLOOR_TTL_MS) {
+      offset = Math.max(offset, this.commitFloor.offset);
+    }
+    return offset;
+  }
+
+  /**
+   * Takes the `Date` header of an answer: the server's clock, to the second, somewhere between the request's start
+   * and the answer's arrival; the middle of both, and of the second, is the estimate.
+   */
+  noteServerDate(response, sentAt) {
+    const header = response?.headers?.get?.("Date");
+    const date = header ? Date.parse(header) : Number.NaN;
+    if (!Number.isFinite(date)) return;
+    const receivedAt = this.clock.now();
+    this.dateOffset = date + 500 - (sentAt + receivedAt) / 2;
+  }
+
+  /** A change committed at `commitTimestamp` proves the server's clock had reached that time when it arrived. */
+  noteCommitTime(commitTimestamp) {
+    const committed = timeKey(commitTimestamp) / 1000;
+    if (!Number.isFinite(committed)) return;
+    const now = this.clock.now();
+    const offset = committed - now;
+    const current = this.commitFloor;
+    if (!current || offset > current.offset || now - current.at >= COMMIT_FLOOR_TTL_MS) this.commitFloor = { offset, at: now };
+  }
+
+  // ------------------------------------------------------------------ channels and the stream
+
+  /**
+   * The channel named `name` (`plan:<id>`, `branch:<id>`); call `.on(…)` and `.subscribe()` on it. A name already
+   * in use gives the existing channel (as supabase-js does), so two parts of a page never replace each other's.
+   */
+  channel(name) {
+    let channel = this.registry.get(name);
+    if (!channel) {
+      channel = new RealtimeChannel(this, name);
+      this.registry.set(name, channel);
+    }
+    return channel;
+  }
+
+  /** The channels the stream carries now (errored ones left out). */
   streamChannels() {
+    return this.channelNames([...this.channels.values()].filter((channel) => channel.state !== "errored"));
+  }
+
+  /** The stream channel names of `channels`, presence included. */
+  channelNames(channels) {
     const names = new Set();
-    for (const channel of this.channels.values()) {
-      if (channel.state === "errored") continue;
+    for (const channel of channels) {
       names.add(channel.name);
       if (channel.wantsPresence && !this.presenceUnsupported && channel.name.startsWith("plan:")) {
         names.add(`presence:${channel.name}`);
@@ -768,11 +972,13 @@ export class RealtimeClient {
   }
 
   addChannel(channel) {
+    this.registry.set(channel.name, channel);
     this.channels.set(channel.name, channel);
     this.channelsChanged();
   }
 
-  removeChannel(channel) {
+  /** Takes a channel off the stream (it stays usable: subscribe() again). */
+  detachChannel(channel) {
     if (this.channels.get(channel.name) === channel) this.channels.delete(channel.name);
     this.channelsChanged();
   }
@@ -793,7 +999,10 @@ export class RealtimeClient {
     this.closeStream();
     this.clearTimer("reconnectTimer");
     if (this.streamChannels().length === 0) return;
-    if (this.currentStatus === Status.LIVE) this.setStatus(Status.CONNECTING);
+    if (this.currentStatus === Status.LIVE) {
+      this.healthy();
+      this.setStatus(Status.CONNECTING);
+    }
     this.connect();
   }
 
@@ -811,9 +1020,48 @@ export class RealtimeClient {
     this[name] = null;
   }
 
-  /** The stream URL for the current channels. */
-  streamURL() {
-    const query = this.streamChannels().map((name) => `channel=${encodeURIComponent(name)}`);
+  /**
+   * The server-side options (`table`, `event`, `filter`) that carry what every subscribed channel's handlers want,
+   * so that the server cuts the traffic: the union of tables and events, and a filter only when all handlers share
+   * it (the server's filters all must hold). A channel without postgres_changes handlers wants every change (for
+   * the local rows). The handlers still filter in the browser: the options only narrow the stream.
+   */
+  streamOptions(channels = [...this.channels.values()].filter((channel) => channel.state !== "errored")) {
+    if (this.serverOptionsRefused) return { table: [], event: [], filter: [] };
+    const tables = new Set();
+    const events = new Set();
+    const filters = new Set();
+    let allTables = channels.length === 0;
+    let allEvents = allTables;
+    let unfiltered = allTables;
+    for (const channel of channels) {
+      const handlers = channel.handlers.filter((handler) => handler.type === "postgres_changes");
+      if (handlers.length === 0) {
+        allTables = allEvents = unfiltered = true;
+        continue;
+      }
+      for (const { filter } of handlers) {
+        if (!filter.table || filter.table === "*") allTables = true;
+        else tables.add(filter.table);
+        if (!filter.event || filter.event === "*") allEvents = true;
+        else events.add(String(filter.event).toUpperCase());
+        if (!filter.filter) unfiltered = true;
+        else filters.add(filter.filter);
+      }
+    }
+    return {
+      table: allTables ? [] : [...tables].sort(),
+      event: allEvents ? [] : [...events].sort(),
+      filter: unfiltered || filters.size !== 1 ? [] : [...filters],
+    };
+  }
+
+  /** The stream URL for `names` (default: the current channels) with the server-side options. */
+  streamURL(names = this.streamChannels(), options = this.streamOptions()) {
+    const query = names.map((name) => `channel=${encodeURIComponent(name)}`);
+    if (options.table.length > 0) query.push(`table=${encodeURIComponent(options.table.join(","))}`);
+    if (options.event.length > 0) query.push(`event=${encodeURIComponent(options.event.join(","))}`);
+    for (const filter of options.filter) query.push(`filter=${encodeURIComponent(filter)}`);
     return `${this.url}/realtime/v1/stream?${query.join("&")}`;
   }
 
@@ -830,16 +1078,24 @@ export class RealtimeClient {
       this.streamFailed(generation, { waitForOnline: true });
       return;
     }
+    this.armStaleTimer();
     const headers = { Accept: "text/event-stream" };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     if (this.cursor) headers["Last-Event-ID"] = this.cursor;
     let response;
+    // A request that gets no answer at all (a proxy that holds it, a server that hangs) is given up after the
+    // connect timeout, like any network failure.
+    const connectTimer = this.clock.setTimeout(() => controller.abort(timeoutError(this.connectTimeoutMs)), this.connectTimeoutMs);
+    const sentAt = this.clock.now();
     try {
       response = await this.fetchImpl(this.streamURL(), { headers, signal: controller.signal, cache: "no-store" });
     } catch {
+      this.clock.clearTimeout(connectTimer);
       this.streamFailed(generation);
       return;
     }
+    this.clock.clearTimeout(connectTimer);
+    this.noteServerDate(response, sentAt);
     if (generation !== this.generation) {
       response.body?.cancel?.().catch(() => {});
       return;
@@ -884,13 +1140,60 @@ export class RealtimeClient {
       return;
     }
     if (response.status === 400) {
-      // The channels themselves are refused: retrying cannot help until they change.
-      this.emitError(apiError("stream", 400, body));
-      for (const channel of this.channels.values()) channel.report("CHANNEL_ERROR", apiError("stream", 400, body));
-      this.streamFailed(generation, { noRetry: true });
+      await this.isolateRefusedChannels(generation, body);
       return;
     }
     this.streamFailed(generation);
+  }
+
+  /**
+   * After a 400 for the whole stream: finds which channels the server refuses, each asked alone, and errors only
+   * those (retrying cannot help until they change); the others go on. When every channel alone is accepted, the
+   * server-side options were the trouble: the stream goes on without them (the handlers filter in the browser).
+   */
+  async isolateRefusedChannels(generation, body) {
+    const candidates = [...this.channels.values()].filter((channel) => channel.state !== "errored");
+    let refused = candidates;
+    if (candidates.length > 1) {
+      refused = [];
+      for (const channel of candidates) {
+        const status = await this.probeChannel(channel);
+        if (status === 400) refused.push(channel);
+      }
+      if (generation !== this.generation) return;
+      if (refused.length === 0 && !this.serverOptionsRefused) {
+        this.serverOptionsRefused = true;
+        this.connect();
+        return;
+      }
+      if (refused.length === 0) refused = candidates;
+    }
+    for (const channel of refused) {
+      const error = apiError("stream", 400, body, { channel: channel.name });
+      this.emitError(error);
+      channel.report("CHANNEL_ERROR", error);
+    }
+    if (this.streamChannels().length > 0) this.connect();
+    else this.streamFailed(generation, { noRetry: true });
+  }
+
+  /** Asks the server whether it accepts a stream of `channel` alone; the answer's status (the stream is dropped). */
+  async probeChannel(channel) {
+    const controller = new AbortController();
+    const deadline = deadlineSignal(this.clock, this.connectTimeoutMs, controller.signal);
+    const headers = { Accept: "text/event-stream" };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    try {
+      const url = this.streamURL([channel.name], { table: [], event: [], filter: [] });
+      const response = await this.fetchImpl(url, { headers, signal: deadline.signal, cache: "no-store" });
+      controller.abort();
+      response.body?.cancel?.().catch(() => {});
+      return response.status;
+    } catch {
+      return null;
+    } finally {
+      deadline.clear();
+    }
   }
 
   /** Reads frames until the stream ends; a control frame decides what comes next. */
@@ -905,6 +1208,7 @@ export class RealtimeClient {
         const { value, done } = await reader.read();
         if (generation !== this.generation) return;
         if (done) break;
+        this.healthy();
         this.armStallTimer(generation, controller);
         for (const frame of parser.push(decoder.decode(value, { stream: true }))) {
           control = this.handleFrame(frame);
@@ -944,6 +1248,7 @@ export class RealtimeClient {
     switch (frame.event) {
       case "postgres_changes":
         if (frame.id) this.cursor = frame.id;
+        this.noteCommitTime(data.commit_timestamp);
         this.noteDelay(data.commit_timestamp);
         this.applyChangeEvent(data, frame.id);
         return null;
@@ -1042,6 +1347,7 @@ export class RealtimeClient {
 
   goLive() {
     this.clearTimer("staleTimer");
+    this.healthy();
     this.offlineSince = null;
     this.setStatus(Status.LIVE);
     this.writerBlocked = false;
@@ -1051,13 +1357,17 @@ export class RealtimeClient {
   goOffline() {
     if (this.offlineSince === null) this.offlineSince = this.clock.now();
     if (this.currentStatus !== Status.STALE) this.setStatus(Status.OFFLINE);
-    if (this.staleTimer === null && this.currentStatus !== Status.STALE) {
-      const remaining = this.staleAfterMs - (this.clock.now() - this.offlineSince);
-      this.staleTimer = this.clock.setTimeout(() => {
-        this.staleTimer = null;
-        if (this.currentStatus === Status.OFFLINE) this.setStatus(Status.STALE);
-      }, Math.max(0, remaining));
-    }
+    if (this.staleTimer === null) this.armStaleTimer();
+  }
+
+  /** Reconnects now, skipping the backoff wait (the page's "retry now"). */
+  reconnectNow() {
+    if (this.closed) return;
+    this.attempt = 0;
+    this.closeStream();
+    this.connect();
+    this.writerBlocked = false;
+    this.kickWriter();
   }
 
   /** The browser went offline (drop the stream now) or online (reconnect and replay now). */
@@ -1066,6 +1376,8 @@ export class RealtimeClient {
     if (!online) {
       if (this.stream) this.streamFailed(this.stream.generation, { waitForOnline: true });
       else this.goOffline();
+      // A write in flight will not be answered now: give it up (it is sent again, with its key, when back online).
+      this.writeController?.abort();
       return;
     }
     this.attempt = 0;
@@ -1098,10 +1410,36 @@ export class RealtimeClient {
     return this.refreshing;
   }
 
-  /** Replaces the token (e.g. after a new login of the same user). */
+  /** Replaces the token (e.g. after a new login of the same user); `setAuth` also resumes what waited for it. */
   setToken(token) {
     this.token = token;
     this.userId = tokenSubject(token) ?? this.userId;
+  }
+
+  /**
+   * Gives the client a new token (as supabase-js's `setAuth`): the stream reopens with it, writes that stopped on a
+   * 401 are sent again, and channels refused for access (not for their name) try again.
+   */
+  setAuth(token) {
+    const changed = token !== this.token;
+    this.setToken(token);
+    this.authBlocked = false;
+    let rejoined = false;
+    for (const channel of this.channels.values()) {
+      if (channel.state === "errored" && channel.errorStatus !== 400) {
+        channel.state = "joining";
+        rejoined = true;
+      }
+    }
+    for (const channel of this.registry.values()) {
+      if (channel.state === "errored" && channel.errorStatus !== 400 && !this.channels.has(channel.name)) {
+        channel.subscribe();
+        rejoined = true;
+      }
+    }
+    if ((changed || rejoined) && this.streamChannels().length > 0) this.channelsChanged();
+    this.writerBlocked = false;
+    this.kickWriter();
   }
 
   /** Stops everything: the stream, timers, presence (a keepalive leave) and listeners of the window. */
@@ -1116,6 +1454,8 @@ export class RealtimeClient {
     }
     this.stopNetwork?.();
     this.stopPageHide?.();
+    this.writeController?.abort();
+    this.tabPort?.close?.();
   }
 
   // ------------------------------------------------------------------ the delays this device saw
@@ -1129,7 +1469,7 @@ export class RealtimeClient {
     if (!this.reportDelayEveryMs || this.streamOpenedAt === null) return;
     const committed = Date.parse(commitTimestamp ?? "");
     if (!Number.isFinite(committed) || committed < this.streamOpenedAt - 1000) return;
-    const delay = Math.min(MAX_DELAY_SAMPLE_MS, Math.max(0, this.clock.now() - committed));
+    const delay = Math.min(MAX_DELAY_SAMPLE_MS, Math.max(0, this.serverNow() - committed));
     if (this.delaySamples.length < MAX_DELAY_SAMPLES) {
       this.delaySamples.push(delay);
     } else {
@@ -1173,17 +1513,40 @@ export class RealtimeClient {
 
   // ------------------------------------------------------------------ REST
 
-  /** A REST call with the token (and one retry after a token refresh on 401). */
-  async request(method, path, body, { headers = {}, keepalive = false, retried = false } = {}) {
+  /**
+   * A REST call with the token (and one retry after a token refresh on 401). Every call has a deadline
+   * (`requestTimeoutMs`, 15 s) for the whole answer, body included: it rejects with a TimeoutError rather than hang.
+   * The answer is read in full; what it returns has `status`, `ok`, `headers` and `text()`/`json()`.
+   */
+  async request(method, path, body, { headers = {}, keepalive = false, retried = false, signal = null } = {}) {
     const init = { method, headers: { Accept: "application/json", ...headers }, keepalive };
     if (this.token) init.headers.Authorization = `Bearer ${this.token}`;
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const response = await this.fetchImpl(`${this.url}${path}`, init);
+    const deadline = deadlineSignal(this.clock, this.requestTimeoutMs, signal);
+    init.signal = deadline.signal;
+    const sentAt = this.clock.now();
+    let response;
+    try {
+      const raw = await this.fetchImpl(`${this.url}${path}`, init);
+      const text = raw.status === 204 ? "" : await raw.text();
+      response = {
+        status: raw.status,
+        ok: raw.ok,
+        headers: raw.headers,
+        text: async () => text,
+        json: async () => JSON.parse(text),
+      };
+    } catch (error) {
+      throw deadline.signal.aborted && deadline.signal.reason?.name === "TimeoutError" ? deadline.signal.reason : error;
+    } finally {
+      deadline.clear();
+    }
+    this.noteServerDate(response, sentAt);
     if (response.status === 401 && !retried && !keepalive && (await this.refreshToken())) {
-      return this.request(method, path, body, { headers, keepalive, retried: true });
+      return this.request(method, path, body, { headers, keepalive, retried: true, signal });
     }
     return response;
   }
@@ -1203,7 +1566,7 @@ export class RealtimeClient {
     const map = this.entries(table);
     let entry = map.get(id);
     if (!entry && create) {
-      entry = { base: null, ops: [], updatedElsewhere: false, changedAt: null, seq: -1, view: undefined };
+      entry = { base: null, baseSeq: -1, ops: [], updatedElsewhere: false, changedAt: null, seq: -1, view: undefined };
       map.set(id, entry);
     }
     return entry ?? null;
@@ -1245,6 +1608,7 @@ export class RealtimeClient {
       id,
       data,
       pending: entry.ops.length > 0,
+      failed: entry.ops.some((op) => op.failed),
       updatedElsewhere: entry.updatedElsewhere,
       changedAt: entry.changedAt,
     };
@@ -1269,13 +1633,49 @@ export class RealtimeClient {
     const tombstone = this.tombstones.get(table)?.get(row.id);
     if (tombstone !== undefined && timeKey(row.updated_at) <= tombstone) return false;
     const entry = this.entry(table, row.id, true);
-    if (entry.base && timeKey(row.updated_at) < timeKey(entry.base.updated_at)) return false;
+    if (entry.base) {
+      const incoming = timeKey(row.updated_at);
+      const held = timeKey(entry.base.updated_at);
+      if (incoming < held) return false;
+      // Two versions stamped alike: the one later in the feed wins, whatever order they arrive in.
+      if (incoming === held && seq >= 0 && entry.baseSeq >= 0 && seq < entry.baseSeq) return false;
+    }
     entry.seq = Math.max(entry.seq, seq);
-    if (sameRow(entry.base, row)) return false;
+    if (sameRow(entry.base, row)) {
+      entry.baseSeq = Math.max(entry.baseSeq, seq);
+      return false;
+    }
     entry.base = row;
+    entry.baseSeq = seq;
+    // Most recently changed last: eviction takes the rows unchanged for longest first.
+    const map = this.entries(table);
+    map.delete(row.id);
+    map.set(row.id, entry);
     if (remote && row.updated_by !== this.userId) entry.changedAt = this.clock.now();
     this.touch(table, row.id);
+    if (map.size > this.maxRows) this.evictRows(table);
     return true;
+  }
+
+  /**
+   * Keeps a table within `maxRows`: forgets the rows unchanged for longest that belong to no loaded plan and have no
+   * pending write, down to 90 % of the bound. Forgotten rows are not deleted, only no longer held (no change event).
+   */
+  evictRows(table) {
+    const map = this.entries(table);
+    const target = Math.floor(this.maxRows * 0.9);
+    for (const [id, entry] of map) {
+      if (map.size <= target) break;
+      if (entry.ops.length > 0) continue;
+      const row = entry.base;
+      if (row && (this.loadedPlans.has(row.plan_id) || (table === "plan" && this.loadedPlans.has(row.id)))) continue;
+      map.delete(id);
+    }
+  }
+
+  /** Stops holding a plan's rows as loaded (they may then be forgotten when the store is full). */
+  unloadPlan(planId) {
+    this.loadedPlans.delete(planId);
   }
 
   /** Forgets a row the server deleted, and remembers it so that a late replay cannot revive it. */
@@ -1286,7 +1686,17 @@ export class RealtimeClient {
     if (entry?.base && oldRow.updated_at && timeKey(oldRow.updated_at) < timeKey(entry.base.updated_at)) return false;
     let tombstones = this.tombstones.get(table);
     if (!tombstones) this.tombstones.set(table, (tombstones = new Map()));
+    tombstones.delete(id);
     tombstones.set(id, oldRow.updated_at ? timeKey(oldRow.updated_at) : Number.POSITIVE_INFINITY);
+    if (tombstones.size > this.maxTombstones) {
+      // The oldest go first: a late replay that old is past the stream's resume window in practice.
+      const drop = tombstones.size - Math.floor(this.maxTombstones * 0.9);
+      let n = 0;
+      for (const key of tombstones.keys()) {
+        if (n++ >= drop) break;
+        tombstones.delete(key);
+      }
+    }
     if (!entry?.base) return false;
     entry.base = null;
     if (remote) entry.changedAt = this.clock.now();
@@ -1366,16 +1776,28 @@ export class RealtimeClient {
   // ------------------------------------------------------------------ writes
 
   /**
-   * Writes on one table: `insert(values)`, `update(id, patch)`, `delete(id)`. Each applies at once, joins the queue
-   * and returns a promise of `{ data, error }`, settled when the server has answered (which, offline, may be after
-   * a reconnect). An insert without an `id` gets a new UUID (the temp id, which the server keeps).
+   * Writes on one table: `insert(values)`, `update(id, patch)` (or `update(patch).eq("id", id)`, as supabase-js
+   * has it), `delete(id)` (or `delete().eq("id", id)`). Each applies at once, joins the queue and returns a promise
+   * of `{ data, error }`, settled when the server has answered (which, offline, may be after a reconnect). An insert
+   * without an `id` gets a new UUID (the temp id, which the server keeps). The table is named in the singular, as
+   * the stream names it (`task`), or as its REST collection (`tasks`).
    */
-  from(table) {
-    if (!TABLE_PATHS[table]) throw new Error(`${table} cannot be written`);
+  from(name) {
+    const table = TABLE_PATHS[name] ? name : Object.keys(TABLE_PATHS).find((key) => TABLE_PATHS[key] === name);
+    if (!table) throw new Error(`${name} cannot be written`);
+    const byId = (run) => ({
+      eq: (column, value) => {
+        if (column !== "id") throw new Error("writes select their row by id: .eq('id', id)");
+        return run(value);
+      },
+    });
     return {
       insert: (values) => this.enqueue("insert", table, values.id ?? this.uuid(), values),
-      update: (id, patch) => this.enqueue("update", table, id, patch),
-      delete: (id) => this.enqueue("delete", table, id, null),
+      update: (idOrPatch, patch) =>
+        typeof idOrPatch === "string"
+          ? this.enqueue("update", table, idOrPatch, patch)
+          : byId((id) => this.enqueue("update", table, id, idOrPatch)),
+      delete: (id) => (typeof id === "string" ? this.enqueue("delete", table, id, null) : byId((rowId) => this.enqueue("delete", table, rowId, null))),
     };
   }
 
@@ -1384,145 +1806,383 @@ export class RealtimeClient {
     return this.uuid();
   }
 
-  /** The writes waiting for the server, oldest first, each with `pending: true`. */
+  /**
+   * The writes waiting for the server, oldest first, each with `pending: true`, `failed` (retries used up: the page
+   * offers `retryWrite(key)` or `discardWrite(key)`), the last `error`, and `own` (false for another tab's write).
+   */
   pendingWrites() {
-    return this.queue.map((op) => ({ key: op.key, table: op.table, kind: op.kind, id: op.id, values: op.values, pending: true }));
+    return this.queue.map((op) => ({
+      key: op.key,
+      table: op.table,
+      kind: op.kind,
+      id: op.id,
+      values: op.values,
+      pending: true,
+      failed: op.failed,
+      error: op.error,
+      attempts: op.attempts,
+      own: op.own,
+    }));
+  }
+
+  /** Where this user's writes are stored: one record per write under `queuePrefix` (and the old single key). */
+  setQueueScope() {
+    const scope = `${this.url}:${this.userId ?? "anonymous"}`;
+    this.queueKey = `realtime:queue:${scope}`;
+    this.queuePrefix = `realtime:write:${scope}:`;
+    this.lockName = `realtime-writer:${scope}`;
   }
 
   enqueue(kind, table, id, values) {
+    const createdAt = this.serverNow();
+    const key = this.uuid();
     const op = {
-      key: this.uuid(),
+      key,
       kind,
       table,
       id,
-      values: kind === "delete" ? null : { ...values, updated_at: new Date(this.clock.now()).toISOString() },
-      createdAt: this.clock.now(),
+      // Stamped in the server's time (as far as known), so that a device clock that is off loses no edit.
+      values: kind === "delete" ? null : { ...values, updated_at: new Date(createdAt).toISOString() },
+      createdAt,
+      storageKey: `${this.queuePrefix}${String(createdAt).padStart(15, "0")}:${String(++this.writeCounter).padStart(8, "0")}:${key}`,
+      attempts: 0,
+      failed: false,
+      error: null,
+      own: true,
     };
     if (kind === "insert") op.values.id = id;
     const promise = new Promise((resolve) => {
       op.resolve = resolve;
     });
-    const entry = this.entry(table, id, true);
-    entry.ops.push(op);
-    entry.updatedElsewhere = false;
+    this.addOp(op);
+    this.entry(table, id, true).updatedElsewhere = false;
     this.touch(table, id);
-    this.queue.push(op);
+    this.persist(op);
+    this.tell({ type: "added", record: this.storedRecord(op) });
     this.queueChanged();
     if (!this.writerBlocked) this.kickWriter();
     return promise;
   }
 
-  /** Saves the queue (in order, one save at a time) and tells the queue listeners. */
-  queueChanged() {
-    const snapshot = this.queue.map(({ key, kind, table, id, values, createdAt }) => ({ key, kind, table, id, values, createdAt }));
-    this.persisting = this.persisting
-      .then(() => this.storage.set(this.queueKey, snapshot))
-      .catch((error) => this.reportCallbackError(error));
-    this.emit("queue", this.pendingWrites());
+  /** Puts a write in the queue (ordered by its storage key) and on its row. */
+  addOp(op) {
+    let index = this.queue.length;
+    while (index > 0 && this.queue[index - 1].storageKey > op.storageKey) index--;
+    this.queue.splice(index, 0, op);
+    const entry = this.entry(op.table, op.id, true);
+    entry.ops = this.queue.filter((other) => other.table === op.table && other.id === op.id);
   }
 
-  /** Restores the queue a previous page left (its rows show as pending at once) and starts replaying it. */
-  async loadQueue() {
-    let stored = [];
+  /** Takes a write out of the queue (its row's ops are the caller's business). */
+  dropOp(op) {
+    this.queue = this.queue.filter((other) => other !== op);
+  }
+
+  /** What is stored (and told to other tabs) of a write. */
+  storedRecord(op) {
+    const { key, kind, table, id, values, createdAt, storageKey, attempts, failed, error } = op;
+    return { key, kind, table, id, values, createdAt, storageKey, attempts, failed, error };
+  }
+
+  /** A write restored from storage or told by another tab: no promise here. */
+  foreignOp(record) {
+    return { attempts: 0, failed: false, error: null, ...record, own: false, resolve: null };
+  }
+
+  /** Saves one write's record (saves run in order, one at a time). */
+  persist(op) {
+    const record = this.storedRecord(op);
+    this.persisting = this.persisting
+      .then(() => this.storage.set(op.storageKey, record))
+      .catch((error) => this.reportCallbackError(error));
+    return this.persisting;
+  }
+
+  /** Deletes one write's record. */
+  unpersist(op) {
+    this.persisting = this.persisting
+      .then(() => this.storage.delete(op.storageKey))
+      .catch((error) => this.reportCallbackError(error));
+    return this.persisting;
+  }
+
+  /** Tells the other tabs of this user what happened to the queue. */
+  tell(message) {
     try {
-      stored = (await this.storage.get(this.queueKey)) ?? [];
+      this.tabPort?.postMessage(message);
     } catch (error) {
       this.reportCallbackError(error);
     }
-    if (stored.length > 0) {
-      // Restored writes are older than any made since this page started, and go first.
-      const restored = stored.map((op) => ({ ...op, resolve: null }));
-      this.queue = [...restored, ...this.queue];
-      for (const op of restored) {
-        const entry = this.entry(op.table, op.id, true);
-        entry.ops = this.queue.filter((other) => other.table === op.table && other.id === op.id);
-      }
-      for (const op of restored) this.touch(op.table, op.id);
-      this.queueChanged();
+  }
+
+  /** Tells the queue listeners. */
+  queueChanged() {
+    this.emit("queue", this.pendingWrites());
+  }
+
+  /** What another tab told: a write added, changed (failed, retried) or settled. */
+  tabMessage(message) {
+    if (this.closed || !message) return;
+    const op = this.queue.find((other) => other.key === (message.key ?? message.record?.key));
+    switch (message.type) {
+      case "added":
+      case "updated":
+        if (op) {
+          Object.assign(op, { attempts: message.record.attempts, failed: message.record.failed, error: message.record.error });
+        } else {
+          this.addOp(this.foreignOp(message.record));
+        }
+        this.touch(message.record.table, message.record.id);
+        this.queueChanged();
+        if (message.type === "updated" && !message.record.failed) this.kickWriter();
+        return;
+      case "settled":
+        if (!op) return;
+        this.settle(op, message);
+        this.dropOp(op);
+        this.releaseSettled();
+        this.queueChanged();
+        return;
+      case "rolledback":
+        if (!op) return;
+        this.rollback(op, message.error);
+        this.dropOp(op);
+        this.releaseSettled();
+        this.queueChanged();
+        return;
+      default:
     }
+  }
+
+  /**
+   * Restores the writes stored by a previous page or by other open tabs (their rows show as pending at once) and
+   * starts replaying them. A queue stored the old way (one array under one key) is moved to one record per write.
+   */
+  async loadQueue() {
+    let records = [];
+    try {
+      const legacy = await this.storage.get(this.queueKey);
+      if (Array.isArray(legacy) && legacy.length > 0 && this.storage.list) {
+        let n = 0;
+        for (const op of legacy) {
+          const storageKey = `${this.queuePrefix}${String(op.createdAt ?? 0).padStart(15, "0")}:${String(n++).padStart(8, "0")}:${op.key}`;
+          await this.storage.set(storageKey, { ...op, storageKey, attempts: 0, failed: false, error: null });
+        }
+        await this.storage.delete(this.queueKey);
+      }
+      records = this.storage.list ? await this.storage.list(this.queuePrefix) : [];
+    } catch (error) {
+      this.reportCallbackError(error);
+    }
+    const touched = new Set();
+    for (const [storageKey, record] of records) {
+      if (this.queue.some((op) => op.key === record.key)) continue;
+      this.addOp(this.foreignOp({ ...record, storageKey }));
+      touched.add(`${record.table}\u0000${record.id}`);
+    }
+    for (const key of touched) {
+      const [table, id] = key.split("\u0000");
+      this.touch(table, id);
+    }
+    if (touched.size > 0) this.queueChanged();
     this.kickWriter();
   }
 
-  /** Starts replaying the queue unless a replay is already running. */
+  /** Starts replaying the queue (or asks the running replay to go round again). */
   kickWriter() {
-    if (this.flushing || this.closed) return;
+    if (this.closed) return;
+    if (this.flushing) {
+      this.flushAgain = true;
+      return;
+    }
     this.clearTimer("writeTimer");
     this.flush();
   }
 
-  /** Sends the queued writes one by one, in order; stops at the first that cannot reach the server. */
+  /**
+   * Replays the queue while holding the tabs' writer lock, so that one tab of this user sends at a time (the
+   * others' writes included: they are all in storage); goes round again when kicked meanwhile.
+   */
   async flush() {
     if (this.flushing) return;
     this.flushing = true;
     try {
       await this.ready;
-      while (this.queue.length > 0 && !this.closed) {
-        const op = this.queue[0];
-        const outcome = await this.send(op);
-        if (outcome === "retry") {
-          this.writerBlocked = true;
-          const delay = backoffDelay(this.writeAttempt++, this.random);
-          this.clearTimer("writeTimer");
-          this.writeTimer = this.clock.setTimeout(() => {
-            this.writeTimer = null;
-            this.kickWriter();
-          }, delay);
-          return;
-        }
-        this.writeAttempt = 0;
-        this.writerBlocked = false;
-        if (this.queue[0] === op) this.queue.shift();
-        this.queueChanged();
-        for (const [settled, value] of this.settledWrites.splice(0)) settled.resolve?.(value);
-      }
+      do {
+        this.flushAgain = false;
+        await this.tabs.lock(this.lockName, () => this.replay());
+        if (this.flushAgain) this.clearTimer("writeTimer");
+      } while (this.flushAgain && !this.closed);
+    } catch (error) {
+      this.reportCallbackError(error);
     } finally {
       this.flushing = false;
     }
   }
 
-  /** Sends one queued write; returns "done" (settled either way) or "retry" (the server was not reached). */
+  /** Sends the queued writes one by one, in order; stops at the first that cannot reach the server. */
+  async replay() {
+    for (;;) {
+      if (this.closed || this.authBlocked) return;
+      const op = this.queue.find((other) => !other.failed);
+      if (!op) return;
+      if (!this.network.isOnline()) {
+        this.writerBlocked = true;
+        return;
+      }
+      if (this.tabPort && (await this.storage.get(op.storageKey)) === undefined) {
+        // Another tab sent it meanwhile (its message may still be on the way).
+        if (this.queue.includes(op)) this.settledElsewhere(op);
+        continue;
+      }
+      this.inFlight = op;
+      const outcome = await this.send(op);
+      this.inFlight = null;
+      if (outcome === "retry") {
+        this.writerBlocked = true;
+        const delay = backoffDelay(this.writeAttempt++, this.random);
+        this.clearTimer("writeTimer");
+        this.writeTimer = this.clock.setTimeout(() => {
+          this.writeTimer = null;
+          this.kickWriter();
+        }, delay);
+        return;
+      }
+      if (outcome === "blocked") return;
+      this.writeAttempt = 0;
+      this.writerBlocked = false;
+      if (outcome === "failed") continue;
+      this.dropOp(op);
+      this.unpersist(op);
+      this.queueChanged();
+      this.releaseSettled();
+    }
+  }
+
+  /** Resolves the promises of the writes settled so far. */
+  releaseSettled() {
+    for (const [settled, value] of this.settledWrites.splice(0)) settled.resolve?.(value);
+  }
+
+  /** A write whose record another tab removed without a word reaching here: it was sent; the stream brings its row. */
+  settledElsewhere(op) {
+    const entry = this.entry(op.table, op.id, true);
+    entry.ops = entry.ops.filter((other) => other !== op);
+    this.dropOp(op);
+    this.touch(op.table, op.id);
+    op.resolve?.({ data: this.record(op.table, op.id)?.data ?? null, error: null });
+    this.queueChanged();
+  }
+
+  /**
+   * Sends one queued write. Returns "done" (settled either way), "retry" (not reached, or a 5xx/408/429/timeout
+   * with tries left), "failed" (tries used up: kept, marked failed, the queue moves on) or "blocked" (401 with no
+   * fresh token: the queue waits for setAuth()).
+   */
   async send(op) {
     const collection = `/rest/v1/${TABLE_PATHS[op.table]}`;
     const headers = { "Idempotency-Key": op.key };
+    const controller = new AbortController();
+    this.writeController = controller;
     let response;
     try {
-      if (op.kind === "insert") response = await this.request("POST", collection, op.values, { headers });
-      else if (op.kind === "update") response = await this.request("PATCH", `${collection}/${op.id}`, op.values, { headers });
-      else response = await this.request("DELETE", `${collection}/${op.id}`, undefined, { headers });
-    } catch {
+      const options = { headers, signal: controller.signal };
+      if (op.kind === "insert") response = await this.request("POST", collection, op.values, options);
+      else if (op.kind === "update") response = await this.request("PATCH", `${collection}/${op.id}`, op.values, options);
+      else response = await this.request("DELETE", `${collection}/${op.id}`, undefined, options);
+    } catch (error) {
+      // Offline (or dropped when the browser went offline): wait, whatever the count. A server that holds the request
+      // past the deadline counts as a failed try, like a 5xx.
+      if (error?.name === "TimeoutError") return this.tryFailed(op, { kind: "timeout", status: null, code: "timeout", message: error.message });
       return "retry";
+    } finally {
+      if (this.writeController === controller) this.writeController = null;
     }
     const body = response.status === 204 ? null : await readJSON(response);
-    if (response.ok) {
-      if (op.kind === "delete") this.settle(op, { deleted: true });
-      else this.settle(op, { row: body });
+    const settled = (outcome) => {
+      this.settle(op, outcome);
+      this.tell({ type: "settled", key: op.key, ...outcome });
       return "done";
+    };
+    if (response.ok) {
+      return op.kind === "delete" ? settled({ deleted: true }) : settled({ row: body });
     }
     const code = body?.error?.code;
     if (response.status === 409 && code === "stale_update" && body.current) {
-      this.settle(op, { row: body.current, conflict: true });
+      settled({ row: body.current, conflict: true });
       this.emitError(apiError("conflict", 409, body, { table: op.table, id: op.id, op: op.kind }));
       return "done";
     }
     if (response.status === 409 && code === "duplicate" && op.kind === "insert") {
       const existing = await this.request("GET", `${collection}/${op.id}`).catch(() => null);
       if (existing?.ok) {
-        this.settle(op, { row: await readJSON(existing), conflict: true });
+        settled({ row: await readJSON(existing), conflict: true });
         this.emitError(apiError("conflict", 409, body, { table: op.table, id: op.id, op: op.kind }));
         return "done";
       }
     }
-    if (response.status === 404 && op.kind === "delete") {
-      this.settle(op, { deleted: true });
-      return "done";
-    }
+    if (response.status === 404 && op.kind === "delete") return settled({ deleted: true });
     if (response.status === 401) {
-      this.emitError(apiError("auth", 401, body));
+      if (!this.authBlocked) this.emitError(apiError("auth", 401, body));
+      this.authBlocked = true;
+      return "blocked";
+    }
+    if (response.status >= 500 || response.status === 408 || response.status === 429) {
+      return this.tryFailed(op, apiError("server", response.status, body, { table: op.table, id: op.id, op: op.kind }));
+    }
+    const error = apiError("rejected", response.status, body, { table: op.table, id: op.id, op: op.kind });
+    this.rollback(op, error);
+    this.tell({ type: "rolledback", key: op.key, error });
+    return "done";
+  }
+
+  /** Counts a failed try: "retry" while tries are left, then the write is marked failed. */
+  tryFailed(op, error) {
+    op.attempts++;
+    op.error = error;
+    if (op.attempts < this.maxWriteAttempts) {
+      this.persist(op);
       return "retry";
     }
-    if (response.status >= 500 || response.status === 408 || response.status === 429) return "retry";
-    this.rollback(op, apiError("rejected", response.status, body, { table: op.table, id: op.id, op: op.kind }));
-    return "done";
+    op.failed = true;
+    this.persist(op);
+    this.tell({ type: "updated", record: this.storedRecord(op) });
+    this.touch(op.table, op.id);
+    this.queueChanged();
+    this.emitError({ ...error, kind: "failed", table: op.table, id: op.id, key: op.key });
+    return "failed";
+  }
+
+  /** Sends a failed write again (its tries start over). Returns whether there was such a write. */
+  retryWrite(key) {
+    const op = this.queue.find((other) => other.key === key);
+    if (!op) return false;
+    Object.assign(op, { failed: false, attempts: 0, error: null });
+    this.persist(op);
+    this.tell({ type: "updated", record: this.storedRecord(op) });
+    this.touch(op.table, op.id);
+    this.queueChanged();
+    this.writerBlocked = false;
+    this.writeAttempt = 0;
+    this.kickWriter();
+    return true;
+  }
+
+  /**
+   * Gives up a write that is not being sent right now (typically a failed one): the row goes back to the server's
+   * version and the write's promise resolves with the error `discarded`. Returns whether it was discarded.
+   */
+  discardWrite(key) {
+    const op = this.queue.find((other) => other.key === key);
+    if (!op || op === this.inFlight) return false;
+    const error = { kind: "discarded", status: null, code: "discarded", message: "The change was discarded.", table: op.table, id: op.id };
+    this.rollback(op, error, { report: false });
+    this.dropOp(op);
+    this.unpersist(op);
+    this.tell({ type: "rolledback", key: op.key, error });
+    this.releaseSettled();
+    this.queueChanged();
+    return true;
   }
 
   /** Takes the server's answer for a write: its row (or the deletion) replaces the optimistic state. */
@@ -1543,16 +2203,20 @@ export class RealtimeClient {
   }
 
   /** Undoes a refused write (and the queued writes of a row whose insert was refused), and reports it. */
-  rollback(op, error) {
+  rollback(op, error, { report = true } = {}) {
     const entry = this.entry(op.table, op.id, true);
     const dropped = new Set([op]);
     if (op.kind === "insert" && !entry.base) {
       for (const other of this.queue) if (other.table === op.table && other.id === op.id) dropped.add(other);
     }
     entry.ops = entry.ops.filter((other) => !dropped.has(other));
-    this.queue = this.queue.filter((other) => other === op || !dropped.has(other));
+    for (const other of dropped) {
+      if (other === op) continue;
+      this.dropOp(other);
+      this.unpersist(other);
+    }
     this.touch(op.table, op.id);
     for (const other of dropped) this.settledWrites.push([other, { data: null, error }]);
-    this.emitError(error);
+    if (report) this.emitError(error);
   }
 }
