@@ -404,3 +404,29 @@ test("rows and tombstones are bounded: rows of plans not loaded and old tombston
   assert.ok(client.record("task", taskId(1)), "the loaded plan's rows stay");
   client.close();
 });
+
+test("a later write is never stamped earlier than an earlier one, however the clock estimate moves", async () => {
+  const clock = new FakeClock();
+  const server = fakeServer();
+  // The server's clock is 2.999 s ahead; its Date headers say so (to the second), then one says +0 s (another node
+  // behind the same address, say): the estimate moves back between the two writes.
+  taskBackend(server, [task(taskId(1))], { clock: { now: () => clock.now() + 2999 } });
+  const skews = [2000, 2000, 0];
+  const inner = server.rest;
+  server.rest = async (request) => {
+    const answer = await inner(request);
+    const skew = skews.length > 1 ? skews.shift() : skews[0];
+    return { ...answer, headers: { ...(answer.headers ?? {}), Date: new Date(clock.now() + skew).toUTCString() } };
+  };
+  const client = makeClient(server, clock);
+  await client.loadPlan(PLAN);
+  const first = await client.from("task").update(taskId(1), { status: "done" });
+  await client.request("GET", `/rest/v1/tasks/${taskId(1)}`);
+  clock.time += 100;
+  const second = await client.from("task").update(taskId(1), { title: "linked" });
+  assert.equal(first.error, null);
+  assert.equal(second.error, null, "no stale_update against this client's own earlier write");
+  const [a, b] = server.restRequests("PATCH").map((r) => Date.parse(r.body.updated_at));
+  assert.ok(b > a, `stamps go forward: ${new Date(a).toISOString()} then ${new Date(b).toISOString()}`);
+  client.close();
+});

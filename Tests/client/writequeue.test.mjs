@@ -153,3 +153,17 @@ test("a queue loads the writes another queue stored, in order, and replays them"
   assert.deepEqual(await storage.list("realtime:write:"), []);
   second.close();
 });
+
+test("with other tabs about, a write whose record is still being saved is sent, not taken for settled elsewhere", async () => {
+  const memory = createMemoryStorage();
+  // Storage as slow as IndexedDB can be: every call answers a few turns of the event loop later.
+  const later = (fn) => (...args) => new Promise((resolve) => setTimeout(() => resolve(fn(...args)), 5));
+  const storage = { kind: "slow", get: later(memory.get), set: later(memory.set), delete: later(memory.delete), list: later(memory.list) };
+  const tabs = { lock: (name, fn) => fn(), channel: () => ({ postMessage() {}, close() {}, onmessage: null }) };
+  const { request, sent } = fakeRequest((m, p, body) => ({ status: 201, body }));
+  const queue = new WriteQueue({ store: fakeStore(), storage, tabs, request, clock: new FakeClock(), uuid: sequentialIds() });
+  const { error } = await queue.enqueue("insert", "client_card", "c1", { name: "New client" });
+  assert.equal(error, null);
+  assert.deepEqual(sent.map((r) => [r.method, r.path]), [["POST", "/rest/v1/client_cards"]]);
+  queue.close();
+});

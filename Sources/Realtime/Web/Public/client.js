@@ -110,7 +110,7 @@ export class RealtimeClient {
       random,
       network,
       uuid,
-      serverNow: () => this.serverNow(),
+      serverNow: () => this.connection.stampNow(),
       emitError: (error) => this.emitError(error),
       reportError: (error) => this.reportCallbackError(error),
       onChange: (writes) => this.emit("queue", writes),
@@ -508,6 +508,14 @@ export class RealtimeClient {
   /** Every visible row of `table` (optionally only those for which `where(data)` holds). */
   records(table, where = null) {
     return this.store.records(table, where);
+  }
+
+  /**
+   * Takes rows read through REST (e.g. `GET /rest/v1/attachments?task_id=eq.…`) into the local rows, so that
+   * record()/records() show them and the stream's changes keep them current. An older copy never replaces a newer.
+   */
+  remember(table, rows) {
+    for (const row of rows ?? []) this.store.applyServerRow(table, row);
   }
 
   /**

@@ -186,7 +186,10 @@ export class Connection {
     this.status = Status.CONNECTING;
     /** The server's clock minus this device's: from `Date` headers, and at least what commit timestamps imply. */
     this.dateOffset = null;
+    this.dateBounds = null;
     this.commitFloor = null;
+    this.lastServerNow = Number.NEGATIVE_INFINITY;
+    this.lastStamp = Number.NEGATIVE_INFINITY;
     /** When the connection was last known good (stream live, a byte received, or the client created). */
     this.lastHealthyAt = clock.now();
     this.streamOpenedAt = null;
@@ -239,9 +242,21 @@ export class Connection {
 
   // ------------------------------------------------------------------ the server's clock
 
-  /** Now, on the server's clock as far as this client can tell (ms since the epoch). */
+  /**
+   * Now, on the server's clock as far as this client can tell (ms since the epoch). It never goes backwards, however
+   * the estimate moves: a later write is never stamped earlier than an earlier one of this client.
+   */
   serverNow() {
-    return this.clock.now() + this.clockOffset();
+    const now = Math.max(this.clock.now() + this.clockOffset(), this.lastServerNow);
+    this.lastServerNow = now;
+    return now;
+  }
+
+  /** A time to stamp a write with: serverNow(), and always later than the stamp before (two writes, two times). */
+  stampNow() {
+    const now = Math.max(this.serverNow(), this.lastStamp + 1);
+    this.lastStamp = now;
+    return now;
   }
 
   /** The estimated server clock minus this device's clock, in ms. */
@@ -254,15 +269,25 @@ export class Connection {
   }
 
   /**
-   * Takes the `Date` header of an answer: the server's clock, to the second, somewhere between the request's start
-   * and the answer's arrival; the middle of both, and of the second, is the estimate.
+   * Takes the `Date` header of an answer: the server's clock, to the second, read somewhere between the request's
+   * start and the answer's arrival, so the offset lies in [date − arrival, date + 1 s − start]. The bounds of recent
+   * answers are intersected (each narrows the estimate), and the estimate is the middle; answers that contradict
+   * the others (a clock that jumped) start over.
    */
   noteServerDate(response, sentAt) {
     const header = response?.headers?.get?.("Date");
     const date = header ? Date.parse(header) : Number.NaN;
     if (!Number.isFinite(date)) return;
     const receivedAt = this.clock.now();
-    this.dateOffset = date + 500 - (sentAt + receivedAt) / 2;
+    const low = date - receivedAt;
+    const high = date + 1000 - sentAt;
+    const bounds = this.dateBounds;
+    if (bounds && receivedAt - bounds.at < COMMIT_FLOOR_TTL_MS && Math.max(low, bounds.low) <= Math.min(high, bounds.high)) {
+      this.dateBounds = { low: Math.max(low, bounds.low), high: Math.min(high, bounds.high), at: receivedAt };
+    } else {
+      this.dateBounds = { low, high, at: receivedAt };
+    }
+    this.dateOffset = (this.dateBounds.low + this.dateBounds.high) / 2;
   }
 
   /** A change committed at `commitTimestamp` proves the server's clock had reached that time when it arrived. */

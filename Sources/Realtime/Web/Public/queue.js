@@ -115,8 +115,8 @@ export class WriteQueue {
       op.resolve = resolve;
     });
     this.add(op, { fresh: true });
-    this.persist(op);
-    this.tell({ type: "added", record: this.stored(op) });
+    // Other tabs hear of it once it is stored: the tab that replays looks for the record before sending.
+    this.persist(op).then(() => this.tell({ type: "added", record: this.stored(op) }));
     this.changed();
     if (!this.blocked) this.kick();
     return promise;
@@ -298,6 +298,7 @@ export class WriteQueue {
         this.blocked = true;
         return;
       }
+      await this.persisting;
       if (this.port && (await this.storage.get(op.storageKey)) === undefined) {
         // Another tab sent it meanwhile (its message may still be on the way).
         if (this.ops.includes(op)) this.settledElsewhere(op);
