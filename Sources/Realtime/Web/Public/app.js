@@ -548,15 +548,19 @@ function render() {
   if (!page.client || !page.planId) return;
   const started = performance.now();
   let count;
+  let meta;
   if (page.view === "list") {
     count = list.render();
-    $("plan-meta").textContent = `${count} task${count === 1 ? "" : "s"}`;
+    meta = `${count} task${count === 1 ? "" : "s"}`;
   } else {
     const { placed, outside } = grid.render();
     count = placed + outside;
-    $("plan-meta").textContent = `${count} task${count === 1 ? "" : "s"}${outside ? ` (${outside} outside the plan's days: see List)` : ""}`;
+    meta = `${count} task${count === 1 ? "" : "s"}${outside ? ` (${outside} outside the plan's days: see List)` : ""}`;
   }
-  $("plan-empty").hidden = page.loading || count > 0 || !ctx.plan();
+  // Only what changed: a text set every frame would restyle the header every frame.
+  if ($("plan-meta").textContent !== meta) $("plan-meta").textContent = meta;
+  const empty = page.loading || count > 0 || !ctx.plan();
+  if ($("plan-empty").hidden !== empty) $("plan-empty").hidden = empty;
   if (MEASURE) performance.measure("render", { start: started });
 }
 

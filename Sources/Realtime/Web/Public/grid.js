@@ -15,8 +15,8 @@ const TIME_WIDTH = 64;
 const DAY_WIDTH = 184;
 const PHONE_WIDTH = 700;
 const DAY_MS = 86_400_000;
-/** Tasks starting this many slots above the view are still drawn (their blocks reach down into it). */
-const OVERSCAN_SLOTS = 8;
+/** Tasks starting this many slots (2 h) above the view are still drawn (their blocks reach down into it). */
+const OVERSCAN_SLOTS = 4;
 const FIRST_HOUR_IN_VIEW = 7;
 
 export function createGridView(ctx) {
@@ -33,6 +33,9 @@ export function createGridView(ctx) {
     headRow: null,
     rows: new Map(),
     pool: [],
+    /** Spare cells and task blocks, reused rather than made anew while scrolling. */
+    cellPool: [],
+    taskPool: [],
     phone: false,
     dayInView: 0,
     scrolledToMorning: false,
@@ -71,7 +74,9 @@ export function createGridView(ctx) {
 
   function rebuild() {
     view.days = planDays();
-    view.dayIndex = new Map(view.days.map((day, i) => [localDay(day), i]));
+    view.dayKeys = view.days.map((day) => localDay(day));
+    view.dayLabels = view.days.map((day) => dayFormat.format(day));
+    view.dayIndex = new Map(view.dayKeys.map((key, i) => [key, i]));
     view.buckets = new Map();
     view.placed = new Map();
     view.outside = 0;
@@ -96,13 +101,15 @@ export function createGridView(ctx) {
     return new Date(day.getFullYear(), day.getMonth(), day.getDate(), 0, slot * SLOT_MINUTES);
   }
 
+  const SLOT_LABELS = Array.from({ length: SLOTS_PER_DAY }, (_, slot) => timeFormat.format(new Date(2000, 0, 1, 0, slot * SLOT_MINUTES)));
+
+  /** A slot's name for presence: `YYYY-MM-DDTHH:MM` in local time. */
   function slotKey(dayIndex, slot) {
-    const start = slotStart(dayIndex, slot);
-    return `${localDay(start)}T${timeFormat.format(start)}`;
+    return `${view.dayKeys[dayIndex]}T${SLOT_LABELS[slot]}`;
   }
 
   function slotLabel(slot) {
-    return timeFormat.format(new Date(2000, 0, 1, 0, slot * SLOT_MINUTES));
+    return SLOT_LABELS[slot];
   }
 
   // ------------------------------------------------------------------ elements
@@ -138,7 +145,7 @@ export function createGridView(ctx) {
     return row;
   }
 
-  function createCell(row, dayIndex) {
+  function createCell() {
     const cell = document.createElement("div");
     cell.className = "cell";
     cell.setAttribute("role", "gridcell");
@@ -146,15 +153,21 @@ export function createGridView(ctx) {
     add.type = "button";
     add.className = "slot-add";
     add.dataset.testid = "slot-add";
-    add.addEventListener("click", () => ctx.createTaskAt(slotStart(Number(cell.dataset.day), Number(row.dataset.slot))));
-    add.addEventListener("focus", () => ctx.presenceOn(slotKey(Number(cell.dataset.day), Number(row.dataset.slot)), "selecting"));
+    const slotOf = () => Number(cell.parentElement.dataset.slot);
+    add.addEventListener("click", () => ctx.createTaskAt(slotStart(Number(cell.dataset.day), slotOf())));
+    add.addEventListener("focus", () => ctx.presenceOn(slotKey(Number(cell.dataset.day), slotOf()), "selecting"));
     add.addEventListener("blur", () => ctx.presenceOff());
     const people = document.createElement("span");
     people.className = "people";
     cell.append(add, people);
     cell.tasks = new Map();
-    cell.dataset.day = String(dayIndex);
     return cell;
+  }
+
+  function releaseTask(block) {
+    block.remove();
+    block.drawnRecord = null;
+    view.taskPool.push(block);
   }
 
   function createTask() {
@@ -167,6 +180,15 @@ export function createGridView(ctx) {
       <span class="quick" role="group">
         ${STATUSES.map((status) => `<button type="button" class="quick-${status}" data-status="${status}" data-testid="quick-${status}">${status[0].toUpperCase()}</button>`).join("")}
       </span>`;
+    block.refs = {
+      open: block.querySelector(".task-open"),
+      title: block.querySelector(".task-title"),
+      time: block.querySelector(".task-time"),
+      pending: block.querySelector(".mark-pending"),
+      people: block.querySelector(".task-marks .people"),
+      quick: block.querySelector(".quick"),
+      buttons: [...block.querySelectorAll(".quick button")],
+    };
     block.querySelector(".task-open").addEventListener("click", () => ctx.openPanel(block.dataset.taskId));
     block.querySelector(".task-open").addEventListener("focus", () => ctx.presenceOn(block.dataset.taskId, "selecting"));
     block.querySelector(".task-open").addEventListener("blur", () => ctx.presenceOff());
@@ -184,12 +206,29 @@ export function createGridView(ctx) {
     if (text) setAttr(element, "aria-label", `Here: ${(userIds ?? []).map((id) => ctx.nameOf(id)).join(", ")}`);
   }
 
+  /** A task's times, formatted once per version of the row (Intl formatting is slow for thousands of blocks). */
+  const formatted = new WeakMap();
+  function timesOf(record) {
+    let times = formatted.get(record);
+    if (!times) {
+      const start = new Date(record.data.starts_at);
+      const end = new Date(record.data.ends_at);
+      times = { start, end, when: `${timeFormat.format(start)}–${timeFormat.format(end)}`, day: dayFormat.format(start) };
+      formatted.set(record, times);
+    }
+    return times;
+  }
+
+  /** Draws one task block; skips it when nothing it shows has changed since the last frame. */
   function drawTask(block, id, index, count, people) {
     const record = ctx.client.record("task", id);
     if (!record) return;
+    const signature = `${index}/${count}/${people ?? ""}/${ctx.readOnly}`;
+    if (block.drawnRecord === record && block.drawnSignature === signature) return;
+    block.drawnRecord = record;
+    block.drawnSignature = signature;
     const task = record.data;
-    const start = new Date(task.starts_at);
-    const end = new Date(task.ends_at);
+    const { start, end, when, day } = timesOf(record);
     const span = Math.max(1, (end - start) / (SLOT_MINUTES * 60_000));
     const width = (DAY_WIDTH - 6) / count;
     setData(block, "taskId", id);
@@ -199,18 +238,16 @@ export function createGridView(ctx) {
     set(block.style, "height", `${Math.min(span, SLOTS_PER_DAY * 2) * SLOT_HEIGHT - 3}px`);
     set(block.style, "width", `${width - 2}px`);
     set(block.style, "left", `${3 + index * width}px`);
-    const when = `${timeFormat.format(start)}–${timeFormat.format(end)}`;
-    set(block.querySelector(".task-title"), "textContent", task.title);
-    set(block.querySelector(".task-time"), "textContent", when);
-    setAttr(block.querySelector(".task-open"), "aria-label", `${task.title}, ${dayFormat.format(start)} ${when}, ${task.status}${record.pending ? ", not saved yet" : ""}: open details`);
-    const mark = block.querySelector(".mark-pending");
-    set(mark, "hidden", !record.pending);
-    set(mark, "textContent", record.failed ? "not saved" : "pending");
-    drawPeople(block.querySelector(".people"), people);
-    const quick = block.querySelector(".quick");
-    set(quick, "hidden", ctx.readOnly);
-    setAttr(quick, "aria-label", `Status of ${task.title}`);
-    for (const button of quick.querySelectorAll("button")) {
+    const refs = block.refs;
+    set(refs.title, "textContent", task.title);
+    set(refs.time, "textContent", when);
+    setAttr(refs.open, "aria-label", `${task.title}, ${day} ${when}, ${task.status}${record.pending ? ", not saved yet" : ""}: open details`);
+    set(refs.pending, "hidden", !record.pending);
+    set(refs.pending, "textContent", record.failed ? "not saved" : "pending");
+    drawPeople(refs.people, people);
+    set(refs.quick, "hidden", ctx.readOnly);
+    setAttr(refs.quick, "aria-label", `Status of ${task.title}`);
+    for (const button of refs.buttons) {
       setAttr(button, "aria-label", `Mark ${task.title} as ${button.dataset.status}`);
       setAttr(button, "aria-pressed", String(button.dataset.status === task.status));
     }
@@ -222,9 +259,13 @@ export function createGridView(ctx) {
     if (view.dirty) rebuild();
     const days = view.days.length;
     view.phone = scroller.clientWidth < PHONE_WIDTH;
-    document.getElementById("day-nav").hidden = !view.phone;
+    set(document.getElementById("day-nav"), "hidden", !view.phone);
     const dayWidth = view.phone ? Math.max(160, scroller.clientWidth - TIME_WIDTH - 2) : DAY_WIDTH;
-    scroller.style.setProperty("--day-width", `${dayWidth}px`);
+    // Only when it changes: setting a custom property restyles everything in the grid.
+    if (view.dayWidth !== dayWidth) {
+      view.dayWidth = dayWidth;
+      scroller.style.setProperty("--day-width", `${dayWidth}px`);
+    }
     const shownDays = view.phone ? (days ? 1 : 0) : days;
     set(canvas.style, "width", `${TIME_WIDTH + shownDays * dayWidth}px`);
     set(canvas.style, "height", `${HEAD_HEIGHT + SLOTS_PER_DAY * SLOT_HEIGHT}px`);
@@ -264,7 +305,7 @@ export function createGridView(ctx) {
         head.days.set(d, cell);
       }
       setAttr(cell, "aria-colindex", String(d + 2));
-      set(cell, "textContent", dayFormat.format(view.days[d]));
+      set(cell, "textContent", view.dayLabels[d]);
       set(cell.style, "left", `${TIME_WIDTH + columnOf(d) * dayWidth}px`);
     }
 
@@ -273,6 +314,14 @@ export function createGridView(ctx) {
       if (slot >= firstSlot && slot < lastSlot) continue;
       row.remove();
       view.rows.delete(slot);
+      for (const cell of row.cells.values()) {
+        cell.remove();
+        for (const block of cell.tasks.values()) releaseTask(block);
+        cell.tasks.clear();
+        cell.drawnSignature = null;
+        view.cellPool.push(cell);
+      }
+      row.cells.clear();
       view.pool.push(row);
     }
     let drawn = 0;
@@ -288,39 +337,48 @@ export function createGridView(ctx) {
       // `top`, not a transform: a transform would make each row a stacking context, and a task reaching down into
       // the next rows would be drawn under them.
       set(row.style, "top", `${HEAD_HEIGHT + slot * SLOT_HEIGHT}px`);
-      set(row.querySelector(".time"), "textContent", slot % 2 === 0 ? slotLabel(slot) : "");
-      setAttr(row.querySelector(".time"), "aria-label", slotLabel(slot));
+      set(row.firstChild, "textContent", slot % 2 === 0 ? slotLabel(slot) : "");
+      setAttr(row.firstChild, "aria-label", slotLabel(slot));
       for (const [dayIndex, cell] of row.cells) {
         if (dayIndex >= firstDay && dayIndex < lastDay) continue;
         cell.remove();
         row.cells.delete(dayIndex);
+        for (const block of cell.tasks.values()) releaseTask(block);
+        cell.tasks.clear();
+        cell.drawnSignature = null;
+        view.cellPool.push(cell);
       }
       for (let d = firstDay; d < lastDay && d < days; d++) {
         let cell = row.cells.get(d);
         if (!cell) {
-          cell = createCell(row, d);
+          cell = view.cellPool.pop() ?? createCell();
           row.cells.set(d, cell);
           row.append(cell);
         }
-        setData(cell, "day", String(d));
-        setAttr(cell, "aria-colindex", String(d + 2));
-        set(cell.style, "left", `${TIME_WIDTH + columnOf(d) * dayWidth}px`);
         const key = slotKey(d, slot);
-        setData(cell, "slotKey", key);
-        const add = cell.querySelector(".slot-add");
-        set(add, "hidden", ctx.readOnly);
-        setAttr(add, "aria-label", `Add a task on ${dayFormat.format(view.days[d])} at ${slotLabel(slot)}`);
-        drawPeople(cell.querySelector(".people"), people.get(key));
+        const here = people.get(key);
+        const cellSignature = `${key}/${columnOf(d)}/${dayWidth}/${ctx.readOnly}/${here ?? ""}`;
+        if (cell.drawnSignature !== cellSignature) {
+          cell.drawnSignature = cellSignature;
+          setData(cell, "day", String(d));
+          setAttr(cell, "aria-colindex", String(d + 2));
+          set(cell.style, "left", `${TIME_WIDTH + columnOf(d) * dayWidth}px`);
+          setData(cell, "slotKey", key);
+          const add = cell.firstChild;
+          set(add, "hidden", ctx.readOnly);
+          setAttr(add, "aria-label", `Add a task on ${view.dayLabels[d]} at ${slotLabel(slot)}`);
+          drawPeople(cell.children[1], here);
+        }
         const ids = view.buckets.get(`${d}:${slot}`) ?? [];
         for (const [id, block] of cell.tasks) {
           if (ids.includes(id)) continue;
-          block.remove();
           cell.tasks.delete(id);
+          releaseTask(block);
         }
         ids.forEach((id, i) => {
           let block = cell.tasks.get(id);
           if (!block) {
-            block = createTask();
+            block = view.taskPool.pop() ?? createTask();
             block.dataset.taskId = id;
             cell.tasks.set(id, block);
             cell.append(block);
