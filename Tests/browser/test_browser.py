@@ -253,12 +253,14 @@ return [...document.querySelectorAll('[data-testid="task-row"]')].map((row) => (
 class Page:
     """One browser window logged in as one user, showing one plan."""
 
-    def __init__(self, config: Config, name: str, token: str, plan_id: str, query: str = "") -> None:
+    def __init__(self, config: Config, name: str, token: str, plan_id: str, query: str = "", view: str = "list",
+                 width: int = 1280, before_load: str | None = None) -> None:
         self.config = config
         self.name = name
+        self.view = view
         options = webdriver.ChromeOptions()
         options.binary_location = config.chromium
-        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},900",
                          "--disable-gpu", "--disable-extensions", "--no-first-run"):
             options.add_argument(argument)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -266,12 +268,20 @@ class Page:
         self.driver.set_script_timeout(30)
         self.offline = False
         self.closed = False
+        if width < 500:
+            # Chromium's window cannot be narrower than 500 px: a phone's viewport is emulated instead.
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": width, "height": 844, "deviceScaleFactor": 1, "mobile": True})
+        if before_load:
+            # Runs in every document before the page's own scripts (e.g. a slow clock).
+            self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": before_load})
         self.open(token, plan_id, query)
 
     def open(self, token: str, plan_id: str, query: str = "") -> None:
-        """Loads the page and logs in by pasting the token and the plan id."""
+        """Loads the page (the list view unless the page was made for another) and logs in by pasting the token and
+        the plan id."""
         driver = self.driver
-        driver.get(f"{self.config.url}/?staleAfterMs={STALE_AFTER_MS}&updatedMarkMs=30000{query}")
+        driver.get(f"{self.config.url}/?view={self.view}&staleAfterMs={STALE_AFTER_MS}&updatedMarkMs=30000{query}")
         wait_until(lambda: driver.find_element(By.CSS_SELECTOR, '[data-testid="login"]').is_displayed(), 10, f"{self.name}: login form")
         for testid, value in (("token-input", token), ("plan-input", plan_id)):
             field = driver.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
@@ -386,8 +396,8 @@ class Suite:
         self.a: Page | None = None
         self.b: Page | None = None
 
-    def page(self, name: str, token: str, plan_id: str, query: str = "") -> Page:
-        page = Page(self.config, name, token, plan_id, query)
+    def page(self, name: str, token: str, plan_id: str, query: str = "", **options) -> Page:
+        page = Page(self.config, name, token, plan_id, query, **options)
         self.pages.append(page)
         return page
 
@@ -684,6 +694,384 @@ class Suite:
                 f"render p95 {render_p95:.1f} ms / max {renders[-1]:.1f} ms, frame interval p95 {p95:.1f} ms / max {frames[-1]:.1f} ms")
 
 
+    # -------------------------------------------------------------------------------------- the plan grid (issue 15)
+
+    def grid_pages(self) -> tuple[str, Page, Page]:
+        """A fresh, empty plan of today and tomorrow, open in the grid on page A (admin) and page B (editor)."""
+        plan_id, _ = make_plan(self.config, self.config.branch_id, f"Grid test {uuid.uuid4().hex[:6]}", [])
+        self.plans_made.append(plan_id)
+        a = self.page("GA-admin", self.config.admin_token, plan_id, view="grid")
+        b = self.page("GB-editor", self.config.editor_token, plan_id, view="grid")
+        for page in (a, b):
+            page.wait_live()
+            wait_until(lambda: page.driver.find_elements(By.CSS_SELECTOR, '[data-testid="slot-add"]'), 10, f"{page.name}: the grid's slots")
+        return plan_id, a, b
+
+    def test_grid_two_browsers_see_each_other_within_1s(self) -> str:
+        """Creating in an empty slot, a status change, a client card and an attachment: each reaches the other browser
+        within 1 s of the write's acknowledgment (A's row no longer pending)."""
+        plan_id, a, b = self.grid_pages()
+        delays = {}
+
+        def race(what: str, acknowledged, seen, timeout: float = 10) -> None:
+            """Polls A and B together: the delay from A's acknowledgment to B showing it (negative: B saw it first)."""
+            acked = shown = None
+            deadline = time.monotonic() + timeout
+            while (acked is None or shown is None) and time.monotonic() < deadline:
+                now = time.monotonic()
+                if acked is None and acknowledged():
+                    acked = now
+                if shown is None and seen():
+                    shown = now
+                time.sleep(0.01)
+            check(acked is not None, f"{what}: A's write was acknowledged")
+            check(shown is not None, f"{what}: B shows it")
+            delays[what] = shown - acked
+
+        # Create: A clicks the empty 09:00 slot of the first day.
+        slot = GRID_SLOT_JS
+        wait_until(lambda: a.driver.execute_script(slot + "pick(0, '09:00').click(); return true;"), 5, "A clicks the empty 09:00 slot")
+        new_id = wait_until(lambda: a.driver.execute_script(GRID_TASKS_JS), 5, "A shows the new task")[0]["id"]
+        race("create",
+             lambda: any(t["id"] == new_id and not t["pending"] for t in a.driver.execute_script(GRID_TASKS_JS)),
+             lambda: any(t["id"] == new_id for t in b.driver.execute_script(GRID_TASKS_JS)))
+        # The panel opened on A with the title selected: name it.
+        title = a.driver.find_element(By.CSS_SELECTOR, '[data-testid="panel-title-input"]')
+        title.send_keys(Keys.CONTROL, "a")
+        title.send_keys("Grid task", Keys.ENTER)
+        wait_until(lambda: any(t["title"] == "Grid task" for t in b.driver.execute_script(GRID_TASKS_JS)), 5, "B shows the title")
+        # Status: a quick status button on A.
+        a.driver.find_element(By.CSS_SELECTOR, f'[data-testid="grid-task"][data-task-id="{new_id}"] [data-testid="quick-done"]').click()
+        race("status",
+             lambda: any(t["id"] == new_id and t["status"] == "done" and not t["pending"] for t in a.driver.execute_script(GRID_TASKS_JS)),
+             lambda: any(t["id"] == new_id and t["status"] == "done" for t in b.driver.execute_script(GRID_TASKS_JS)))
+        # B opens the same task's panel: the card and the attachment are to appear there.
+        b.driver.find_element(By.CSS_SELECTOR, f'[data-testid="grid-task"][data-task-id="{new_id}"] [data-testid="grid-task-open"]').click()
+        wait_until(lambda: b.driver.find_element(By.CSS_SELECTOR, '[data-testid="panel"]').is_displayed(), 5, "B's panel")
+        # Client card: A makes a new one for the task.
+        Select(a.driver.find_element(By.CSS_SELECTOR, '[data-testid="card-select"]')).select_by_value("__new")
+        card_value = lambda page: page.driver.execute_script("return document.querySelector('[data-testid=\"card-select\"]').value")
+        race("client card",
+             lambda: card_value(a) not in ("", "__new") and not a.driver.execute_script(
+                 f"return document.querySelector('[data-task-id=\"{new_id}\"]').dataset.pending === 'true'"),
+             lambda: card_value(b) not in ("", "__new") and b.driver.find_element(By.CSS_SELECTOR, '[data-testid="card-name"]').get_attribute("value") == "New client")
+        # Attachment: A adds one.
+        for testid, value in (("att-name", "contract.pdf"), ("att-url", "https://files.example/contract.pdf"), ("att-size", "2048")):
+            field = a.driver.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
+            field.clear()
+            field.send_keys(value)
+        a.driver.find_element(By.CSS_SELECTOR, '[data-testid="att-add"]').click()
+        attachments = lambda page: page.driver.execute_script(
+            "return [...document.querySelectorAll('[data-testid=\"attachment\"]')].map((item) => item.textContent)")
+        race("attachment",
+             lambda: any("contract.pdf" in text and "saving" not in text for text in attachments(a)),
+             lambda: any("contract.pdf" in text for text in attachments(b)))
+        stored = must(self.config, "GET", f"/rest/v1/tasks/{new_id}", self.config.service_token)
+        check(stored["status"] == "done" and stored["client_card_id"], f"the server has the task as written: {stored}")
+        slow = {what: delay for what, delay in delays.items() if delay >= 1.0}
+        check(not slow, f"each reached the other browser within 1 s of its acknowledgment: {delays}")
+        return ", ".join(f"{what} {delay * 1000:.0f} ms" for what, delay in delays.items()) + " (from A's acknowledgment to B)"
+
+    def test_viewer_grid_is_read_only(self) -> str:
+        plan_id, _ = make_plan(self.config, self.config.branch_id, f"Viewer grid {uuid.uuid4().hex[:6]}", ["Look only"])
+        self.plans_made.append(plan_id)
+        viewer = self.page("V-grid", self.config.viewer_token, plan_id, view="grid")
+        viewer.wait_live()
+        wait_until(lambda: viewer.driver.find_element(By.CSS_SELECTOR, '[data-testid="readonly-banner"]').is_displayed(), 10,
+                   "the viewer is told the plan is read-only")
+        tasks = wait_until(lambda: viewer.driver.execute_script(GRID_TASKS_JS), 10, "the viewer sees the task")
+        visible = viewer.driver.execute_script("""
+          const shown = (selector) => [...document.querySelectorAll(selector)].filter((e) => e.offsetParent !== null).length;
+          return { add: shown('[data-testid="slot-add"]'), quick: shown('[data-testid^="quick-"]'),
+                   addTask: shown('[data-testid="add-task"]') };
+        """)
+        check(visible == {"add": 0, "quick": 0, "addTask": 0}, f"no controls that write: {visible}")
+        viewer.driver.find_element(By.CSS_SELECTOR, '[data-testid="grid-task-open"]').click()
+        wait_until(lambda: viewer.driver.find_element(By.CSS_SELECTOR, '[data-testid="panel"]').is_displayed(), 5, "the panel opens")
+        enabled = viewer.driver.execute_script("""
+          return [...document.querySelectorAll('#panel input, #panel select, #panel textarea, #panel button')]
+            .filter((e) => e.offsetParent !== null && !e.disabled && e.id !== 'panel-close').map((e) => e.dataset.testid || e.id);
+        """)
+        check(enabled == [], f"the panel's fields are read-only: {enabled}")
+        viewer.close()
+        return f"{len(tasks)} task shown; no slot, status, add or panel control enabled"
+
+    def test_slow_clock_gets_no_false_409(self) -> str:
+        """A browser whose clock is 60 s slow edits a task right after another user: its edit is the last one, not a
+        false 409 (the client stamps updated_at in the server's time)."""
+        plan_id, tasks = make_plan(self.config, self.config.branch_id, f"Slow clock {uuid.uuid4().hex[:6]}", ["Clock test"])
+        self.plans_made.append(plan_id)
+        slow = self.page("S-slow", self.config.editor_token, plan_id, before_load=SLOW_CLOCK_JS)
+        slow.wait_live()
+        wait_until(lambda: slow.row(tasks[0]), 10, "the slow page shows the task")
+        skew = slow.driver.execute_script("return Date.now() - new Date().getTime()")
+        check(skew < -55_000, f"the page's Date.now is 60 s slow: {skew} ms")
+        must(self.config, "PATCH", f"/rest/v1/tasks/{tasks[0]}", self.config.admin_token, {"title": "Someone else first"})
+        wait_until(lambda: (slow.row(tasks[0]) or {}).get("title") == "Someone else first", 5, "the other edit arrives")
+        slow.type_title(tasks[0], "Slow clock wins")
+        wait_until(lambda: (slow.row(tasks[0]) or {}).get("pending") is False, 10, "the edit is confirmed")
+        row = slow.row(tasks[0])
+        check(row["title"] == "Slow clock wins", f"the page keeps its edit: {row}")
+        check(row["updatedText"] != "updated elsewhere", f"no conflict: {row}")
+        check(not any("newer version" in toast for toast in slow.toasts()), f"no conflict toast: {slow.toasts()}")
+        stored = must(self.config, "GET", f"/rest/v1/tasks/{tasks[0]}", self.config.service_token)
+        check(stored["title"] == "Slow clock wins", f"the server has the later edit: {stored['title']!r}")
+        slow.close()
+        return "an edit from a page 60 s slow was accepted after another user's edit"
+
+    def test_two_tabs_offline_every_write_lands_once(self) -> str:
+        plan_id, tasks = make_plan(self.config, self.config.branch_id, f"Two tabs {uuid.uuid4().hex[:6]}", ["One", "Two"])
+        self.plans_made.append(plan_id)
+        first = self.page("T-tab1", self.config.editor_token, plan_id)
+        first.wait_live()
+        driver = first.driver
+        tab1 = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        tab2 = driver.current_window_handle
+        first.open(self.config.editor_token, plan_id)
+        first.wait_live()
+        wait_until(lambda: first.row(tasks[1]), 10, "tab 2 shows the plan")
+        for handle in (tab1, tab2):
+            driver.switch_to.window(handle)
+            first.set_offline(True)
+            wait_until(lambda: first.status() in ("offline", "stale"), 5, "a tab goes offline")
+        driver.switch_to.window(tab1)
+        first.type_title(tasks[0], "From tab one")
+        first.set_status(tasks[0], "done")
+        driver.switch_to.window(tab2)
+        first.type_title(tasks[1], "From tab two")
+        first.set_status(tasks[1], "posted")
+        pending = lambda: driver.find_element(By.CSS_SELECTOR, '[data-testid="pending-count"]').text
+        wait_until(lambda: pending() == "4 pending", 5, f"tab 2 sees all four pending writes, its own and tab 1's ({pending()!r})")
+        wait_until(lambda: (first.row(tasks[0]) or {}).get("title") == "From tab one", 5, "tab 2 shows tab 1's pending edit")
+        for handle in (tab1, tab2):
+            driver.switch_to.window(handle)
+            first.set_offline(False)
+        for handle in (tab1, tab2):
+            driver.switch_to.window(handle)
+            first.wait_live(20)
+            wait_until(lambda: first.driver.find_element(By.CSS_SELECTOR, '[data-testid="pending-count"]').is_displayed() is False,
+                       20, "the queue drains in every tab")
+        stored = {row["id"]: row for row in plan_tasks(self.config, plan_id)}
+        check(stored[tasks[0]]["title"] == "From tab one" and stored[tasks[0]]["status"] == "done", f"tab 1's writes: {stored[tasks[0]]}")
+        check(stored[tasks[1]]["title"] == "From tab two" and stored[tasks[1]]["status"] == "posted", f"tab 2's writes: {stored[tasks[1]]}")
+        for task_id, status in ((tasks[0], "done"), (tasks[1], "posted")):
+            history = must(self.config, "GET", f"/rest/v1/status_history?task_id=eq.{task_id}&to_status=eq.{status}",
+                           self.config.service_token)
+            check(len(history) == 1, f"the status change of {task_id} landed once: {history}")
+        first.close()
+        return "4 writes from 2 offline tabs: each tab saw all 4 pending; each landed once"
+
+    def test_bad_channel_beside_good_one(self) -> str:
+        plan_id, tasks = make_plan(self.config, self.config.branch_id, f"Channels {uuid.uuid4().hex[:6]}", ["Channel test"])
+        self.plans_made.append(plan_id)
+        page = self.page("C-channels", self.config.editor_token, plan_id)
+        page.wait_live()
+        page.driver.execute_async_script(CHANNELS_JS, self.config.editor_token, plan_id)
+        wait_until(lambda: page.driver.execute_script("return window.__channels && window.__channels.good.includes('SUBSCRIBED')"), 15,
+                   "the good channel subscribes")
+        must(self.config, "PATCH", f"/rest/v1/tasks/{tasks[0]}", self.config.service_token, {"title": "Still live"})
+        wait_until(lambda: page.driver.execute_script("return window.__channels.changes.includes('Still live')"), 10,
+                   "the good channel still receives changes")
+        result = page.driver.execute_script("return window.__channels")
+        check(result["bad"] == ["CHANNEL_ERROR"], f"only the bad channel errors: {result}")
+        check("CHANNEL_ERROR" not in result["good"], f"the good channel never errors: {result}")
+        page.close()
+        return f"good channel {result['good']}, bad channel {result['bad']}"
+
+    def test_hung_write_times_out_and_queue_moves_on(self) -> str:
+        plan_id, tasks = make_plan(self.config, self.config.branch_id, f"Hung write {uuid.uuid4().hex[:6]}", ["First", "Second"])
+        self.plans_made.append(plan_id)
+        page = self.page("H-hung", self.config.editor_token, plan_id)
+        page.wait_live()
+        started = time.monotonic()
+        outcome = page.driver.execute_async_script(HUNG_WRITE_JS, self.config.editor_token, plan_id, tasks[0], tasks[1])
+        took = time.monotonic() - started
+        check(outcome["hung"] == 1, f"the first attempt hung: {outcome}")
+        check(outcome["first"] is None and outcome["second"] is None, f"both writes succeeded: {outcome}")
+        stored = {row["id"]: row["title"] for row in plan_tasks(self.config, plan_id)}
+        check(stored == {tasks[0]: "After the hang", tasks[1]: "Behind the hang"}, f"both landed: {stored}")
+        page.close()
+        return f"a PATCH that never answered timed out (2 s deadline) and was sent again; both writes landed in {took:.1f}s"
+
+    def test_accessibility_and_screenshots(self) -> str:
+        """axe-core on the grid at 1280 and 390 px wide: no violation of impact serious or critical. Screenshots of
+        both go to BROWSER_TEST_SCREENSHOTS (docs/ when making the README's pictures)."""
+        from axe_selenium_python import Axe  # noqa: PLC0415 — only this test needs it
+
+        titles = ["Morning delivery", "Client visit", "Inventory", "Team call", "Report"]
+        plan_id, tasks = make_plan(self.config, self.config.branch_id, f"Accessible week {uuid.uuid4().hex[:4]}", titles)
+        self.plans_made.append(plan_id)
+        for task_id, status in zip(tasks, ["taken", "done", "posted", "edited", "done"]):
+            must(self.config, "PATCH", f"/rest/v1/tasks/{task_id}", self.config.service_token, {"status": status})
+        other = self.page("X-other", self.config.admin_token, plan_id, view="grid")
+        other.wait_live()
+        wait_until(lambda: other.driver.execute_script(GRID_TASKS_JS), 10, "the other page's grid")
+        other.driver.find_element(By.CSS_SELECTOR, f'[data-task-id="{tasks[1]}"] [data-testid="grid-task-open"]').click()
+        summary = []
+        shots = os.environ.get("BROWSER_TEST_SCREENSHOTS", self.config.artifacts)
+        os.makedirs(shots, exist_ok=True)
+        for width in (1280, 390):
+            page = self.page(f"A11y-{width}", self.config.editor_token, plan_id, view="grid", width=width)
+            page.wait_live()
+            wait_until(lambda: page.driver.execute_script(GRID_TASKS_JS), 10, f"{width} px: the grid's tasks")
+            wait_until(lambda: page.driver.find_elements(By.CSS_SELECTOR, '.people:not([hidden])'), 10, f"{width} px: presence shows")
+            viewport = page.driver.execute_script("return window.innerWidth")
+            check(viewport == width, f"the page is {viewport} px wide")
+            page.driver.execute_script("document.querySelector('[data-testid=\"slots\"]').scrollLeft = 0")
+            time.sleep(0.2)  # one frame for the scroll to be drawn: only the picture depends on it
+            page.driver.save_screenshot(os.path.join(shots, f"grid-{width}.png"))
+            axe = Axe(page.driver)
+            axe.inject()
+            results = axe.run()
+            bad = [v for v in results["violations"] if v.get("impact") in ("serious", "critical")]
+            check(not bad, f"{width} px: axe found {[(v['id'], v['impact'], len(v['nodes'])) for v in bad]}")
+            minor = sorted({v["id"] for v in results["violations"]})
+            summary.append(f"{width} px: 0 serious/critical ({len(results['passes'])} rules passed; minor: {minor or 'none'})")
+            page.close()
+        other.close()
+        return "; ".join(summary)
+
+    def test_grid_many_tasks_are_virtualized(self) -> str:
+        """Four weeks with thousands of tasks in the grid: only the slots and tasks in view are in the DOM, before and
+        after scrolling, and a live change arrives. The render times are reported (see below)."""
+        count = min(self.config.big_plan_tasks, 2000)
+        if count <= 0:
+            return "skipped (REALTIME_BIG_PLAN_TASKS=0)"
+        today = dt.date.today()
+        plan_id = str(uuid.uuid4())
+        must(self.config, "POST", "/rest/v1/plans", self.config.service_token, {
+            "id": plan_id, "branch_id": self.config.branch_id, "title": f"Busy month ({count} tasks)",
+            "period_start": today.isoformat(), "period_end": (today + dt.timedelta(days=27)).isoformat(),
+        })
+        self.plans_made.append(plan_id)
+        start = dt.datetime.combine(today, dt.time(0, 0))
+        per_day = -(-count // 28)
+
+        def create(index: int) -> None:
+            # Local times, as the grid shows them: the tasks of a day spread over its 48 slots.
+            day, n = divmod(index, per_day)
+            begins = (start + dt.timedelta(days=day, minutes=(n * 1440 // per_day))).astimezone()
+            must(self.config, "POST", "/rest/v1/tasks", self.config.service_token, {
+                "plan_id": plan_id, "title": f"Busy {index:05d}",
+                "starts_at": iso(begins), "ends_at": iso(begins + dt.timedelta(minutes=25)),
+                "status": ["taken", "done", "posted", "edited"][index % 4],
+            })
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(create, range(count)))
+        first = must(self.config, "GET", f"/rest/v1/tasks?plan_id=eq.{plan_id}&limit=1", self.config.service_token)[0]["id"]
+        wait_for_feed(self.config, plan_id, first)
+        page = self.page("grid-big", self.config.admin_token, plan_id, "&measure=1", view="grid")
+        wait_until(lambda: page.driver.find_element(By.CSS_SELECTOR, '[data-testid="plan-meta"]').text.startswith(f"{count} tasks"),
+                   60, f"the grid counts {count} tasks")
+        page.wait_live(30)
+        in_dom = len(page.driver.execute_script(GRID_TASKS_JS))
+        check(0 < in_dom < count // 4, f"only the tasks in view are in the DOM: {in_dom} of {count}")
+        def scroll(down: int, right: int) -> list[float]:
+            """Scrolls the grid by (down, right) px a frame for 200 frames; the JS time of each render."""
+            return sorted(page.driver.execute_async_script("""
+              const [down, right, done] = arguments;
+              performance.clearMeasures("render");
+              const grid = document.querySelector('[data-testid="slots"]');
+              let frames = 0;
+              function tick() {
+                if (++frames > 200) {
+                  done(performance.getEntriesByName('render').map((entry) => entry.duration));
+                  return;
+                }
+                grid.scrollTop = (grid.scrollTop + down) % (grid.scrollHeight - grid.clientHeight);
+                grid.scrollLeft = (grid.scrollLeft + right) % Math.max(1, grid.scrollWidth - grid.clientWidth);
+                requestAnimationFrame(tick);
+              }
+              requestAnimationFrame(tick);
+            """, down, right))
+
+        # Through the day, then across the days too. The JS time per render is measured and reported, not asserted:
+        # on a busy 2-core machine its p95 went from 11 to 63 ms between runs of the same build (the list's test,
+        # with 21 rows in the DOM, stays under 16 ms); issue 15's report gives the figures.
+        renders = scroll(60, 0)
+        check(len(renders) > 50, f"the scroll drew frames: {len(renders)} renders")
+        p95 = renders[int(len(renders) * 0.95)]
+        in_dom_after = len(page.driver.execute_script(GRID_TASKS_JS))
+        check(in_dom_after < count // 4, f"still only the tasks in view after scrolling: {in_dom_after}")
+        diagonal = scroll(60, 25)
+        in_dom_after = len(page.driver.execute_script(GRID_TASKS_JS))
+        check(in_dom_after < count // 4, f"still only the tasks in view after scrolling across days: {in_dom_after}")
+        diagonal_p95 = diagonal[int(len(diagonal) * 0.95)]
+        # A live change to a task in view arrives.
+        target = page.driver.execute_script(GRID_TASKS_JS)[0]["id"]
+        must(self.config, "PATCH", f"/rest/v1/tasks/{target}", self.config.service_token, {"title": "Busy, renamed"})
+        wait_until(lambda: any(t["title"] == "Busy, renamed" for t in page.driver.execute_script(GRID_TASKS_JS)), 5,
+                   "a live change reaches the grid")
+        page.close()
+        return (f"{count} tasks in 4 weeks, {in_dom} in the DOM; JS per render (not asserted) p95 {p95:.1f} ms / max "
+                f"{renders[-1]:.1f} ms through the day, p95 {diagonal_p95:.1f} ms / max {diagonal[-1]:.1f} ms across days too")
+
+GRID_TASKS_JS = """
+return [...document.querySelectorAll('[data-testid="grid-task"]')].map((task) => ({
+  id: task.dataset.taskId,
+  status: task.dataset.status,
+  pending: task.dataset.pending === 'true',
+  title: task.querySelector('.task-title').textContent,
+}));
+"""
+
+# `pick(dayIndex, "HH:MM")`: the empty-slot button of that day and time, scrolled into view.
+GRID_SLOT_JS = """
+const pick = (day, time) => {
+  const cell = [...document.querySelectorAll('[role="gridcell"]')]
+    .find((c) => c.dataset.day === String(day) && c.dataset.slotKey.endsWith('T' + time));
+  if (!cell) {
+    const grid = document.querySelector('[data-testid="slots"]');
+    const [h, m] = time.split(':').map(Number);
+    grid.scrollTop = Math.max(0, (h * 2 + m / 30) * 44 - 100);
+    throw new Error('slot not drawn yet; scrolled to it');
+  }
+  return cell.querySelector('[data-testid="slot-add"]');
+};
+"""
+
+# A page clock 60 s behind the real one (as a device whose clock is off would be).
+SLOW_CLOCK_JS = "(() => { const real = Date.now.bind(Date); Date.now = () => real() - 60000; })();"
+
+# One client with a good and a bad channel; records what each hears.
+CHANNELS_JS = """
+const [token, planId, done] = arguments;
+import('/client/realtime.js').then(({ createClient, createMemoryStorage }) => {
+  const client = createClient({ url: location.origin, token, storage: createMemoryStorage() });
+  window.__channels = { good: [], bad: [], changes: [] };
+  client.channel('plan:' + planId)
+    .on('postgres_changes', { table: 'task' }, (change) => window.__channels.changes.push(change.new.title))
+    .subscribe((status) => window.__channels.good.push(status));
+  client.channel('plan:not-a-uuid').subscribe((status) => window.__channels.bad.push(status));
+  done(true);
+});
+"""
+
+# Two writes through a client whose first PATCH never gets an answer: the deadline (2 s) gives it up, it is sent
+# again, and the write queued behind it lands too.
+HUNG_WRITE_JS = """
+const [token, planId, first, second, done] = arguments;
+import('/client/realtime.js').then(async ({ createClient, createMemoryStorage }) => {
+  let hung = 0;
+  const fetchOnce = (url, init = {}) => {
+    if ((init.method || 'GET') === 'PATCH' && hung === 0) {
+      hung++;
+      return new Promise((_, reject) => init.signal?.addEventListener('abort', () => reject(init.signal.reason)));
+    }
+    return fetch(url, init);
+  };
+  const client = createClient({ url: location.origin, token, fetch: fetchOnce, storage: createMemoryStorage(), requestTimeoutMs: 2000 });
+  await client.loadPlan(planId);
+  const a = client.from('tasks').update({ title: 'After the hang' }).eq('id', first);
+  const b = client.from('tasks').update({ title: 'Behind the hang' }).eq('id', second);
+  const [ra, rb] = await Promise.all([a, b]);
+  client.close();
+  done({ hung, first: ra.error, second: rb.error });
+});
+"""
+
 TESTS = [
     "test_edit_appears_on_other_page_within_1s",
     "test_presence_label_appears_then_disappears",
@@ -693,6 +1081,14 @@ TESTS = [
     "test_conflict_last_write_wins_with_updated_mark",
     "test_queue_survives_reload",
     "test_many_tasks_are_virtualized",
+    "test_grid_two_browsers_see_each_other_within_1s",
+    "test_viewer_grid_is_read_only",
+    "test_slow_clock_gets_no_false_409",
+    "test_two_tabs_offline_every_write_lands_once",
+    "test_bad_channel_beside_good_one",
+    "test_hung_write_times_out_and_queue_moves_on",
+    "test_accessibility_and_screenshots",
+    "test_grid_many_tasks_are_virtualized",
 ]
 
 

@@ -47,9 +47,14 @@ test("the presence map follows sync, join, update and leave; handlers can pick e
   stream.frame("presence", { type: "presence", event: "join", channel: PRESENCE, user_id: ME, state: { slot: "s2", action: "editing" } });
   stream.frame("presence", { type: "presence", event: "update", channel: PRESENCE, user_id: OTHER, state: { slot: "s3", action: "editing" } });
   await settle();
-  assert.deepEqual(channel.presenceState(), {
+  // presenceMap() is the raw map (presenceState() before issue 15); presenceState() has supabase-js's shape.
+  assert.deepEqual(channel.presenceMap(), {
     [OTHER]: { state: { slot: "s3", action: "editing" }, online_since: "t0", last_seen: "t1" },
     [ME]: { state: { slot: "s2", action: "editing" } },
+  });
+  assert.deepEqual(channel.presenceState(), {
+    [OTHER]: [{ slot: "s3", action: "editing", online_since: "t0", last_seen: "t1" }],
+    [ME]: [{ slot: "s2", action: "editing" }],
   });
   stream.frame("presence", { type: "presence", event: "leave", channel: PRESENCE, user_id: OTHER, state: {} });
   await settle();

@@ -1,49 +1,73 @@
-// The demo page: log in (a demo user or a pasted token), open a plan, and edit its tasks live.
+// The page: sign in (a demo user or a pasted token), pick a plan, and work on it live — in the plan grid (days ×
+// time slots, grid.js) or the task list (list.js) — with a side panel per task (panel.js).
 //
-// Everything realtime comes from realtime.js; this file only draws. Rows are drawn once per animation frame, and only
-// those in view (plus a few) exist in the DOM, so that a plan with thousands of tasks scrolls smoothly.
+// Everything realtime comes from realtime.js; this file wires it to the views. Changes are drawn once per animation
+// frame, however many arrive in between.
 //
-// Query parameters: `plan=<uuid>` preselects a plan; `staleAfterMs` (default 60000) is how long the connection may be
-// down before the yellow banner shows; `updatedMarkMs` (default 5000) is how long another user's change stays marked;
-// `measure` records each render as a `performance.measure("render")` entry (the browser test reads them).
+// Query parameters: `plan=<uuid>` preselects a plan; `view=grid|list`; `staleAfterMs` (default 60000) is how long
+// the connection may be unhealthy before the yellow banner shows; `updatedMarkMs` (default 5000) is how long another
+// user's change stays marked in the list; `measure` records each render as a `performance.measure("render")`.
 
-import { createClient, createIndexedDBStorage } from "./realtime.js";
+import { createClient, createIndexedDBStorage, createMemoryStorage } from "./realtime.js";
+import { createGridView } from "./grid.js";
+import { createListView } from "./list.js";
+import { createPanel } from "./panel.js";
+import { initials, shortLabel } from "./view.js";
 
 const params = new URLSearchParams(location.search);
 const STALE_AFTER_MS = Number(params.get("staleAfterMs")) || 60_000;
 const UPDATED_MARK_MS = Number(params.get("updatedMarkMs")) || 5_000;
 const MEASURE = params.has("measure");
-const ROW_HEIGHT = 44;
-const OVERSCAN = 8;
-const STATUSES = ["taken", "done", "posted", "edited"];
 const SESSION_KEY = "realtime-demo-session";
+const VIEW_KEY = "realtime-view";
+const UNDO_MS = 8_000;
 
 const $ = (id) => document.getElementById(id);
-const grid = $("grid");
-const canvas = $("grid-canvas");
 
 const page = {
   client: null,
   channel: null,
   planId: null,
-  /** Task ids of the plan in display order, and each one's index and start (to notice reordering). */
-  order: [],
-  index: new Map(),
-  starts: new Map(),
-  orderDirty: true,
-  /** Row elements in the DOM by task id, and spare ones to reuse. */
-  rows: new Map(),
-  pool: [],
+  role: null,
+  names: new Map(),
+  view: params.get("view") ?? localStorage.getItem(VIEW_KEY) ?? "grid",
   frame: 0,
-  markTimer: 0,
-  focusNext: null,
   leaveTimer: 0,
+  loading: false,
 };
 
-/** A short label for a user, from their id only (no personal data): "User 0002". */
-function shortLabel(userId) {
-  return `User ${String(userId).replace(/-/g, "").slice(-4)}`;
-}
+/** What the views and the panel share. */
+const ctx = {
+  get client() {
+    return page.client;
+  },
+  get channel() {
+    return page.channel;
+  },
+  /** A second client that streams the branch's attachments and client cards only (server-side `table=`). */
+  get side() {
+    return page.side;
+  },
+  get readOnly() {
+    return page.role === "viewer";
+  },
+  updatedMarkMs: UPDATED_MARK_MS,
+  plan: () => page.client?.record("plan", page.planId)?.data ?? null,
+  branchId: () => ctx.plan()?.branch_id ?? null,
+  tasks: () => page.client.records("task", (task) => task.plan_id === page.planId),
+  nameOf: (userId) => page.names.get(userId) ?? shortLabel(userId),
+  scheduleRender,
+  toast,
+  presenceOn,
+  presenceOff,
+  openPanel: (id) => panel.open(id),
+  createTaskAt,
+  deleteTask,
+};
+
+const grid = createGridView(ctx);
+const list = createListView(ctx);
+const panel = createPanel(ctx);
 
 // ------------------------------------------------------------------------------------------------ login
 
@@ -58,9 +82,12 @@ async function fetchDemo() {
 }
 
 async function start() {
+  setView(page.view);
+  $("view-grid").addEventListener("click", () => setView("grid"));
+  $("view-list").addEventListener("click", () => setView("list"));
   const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? "null");
   if (saved?.token) {
-    openPlan(saved);
+    openSession(saved);
     return;
   }
   const demo = await fetchDemo();
@@ -74,14 +101,14 @@ async function start() {
       button.textContent = `${user.name} (${user.role})`;
       button.dataset.testid = `demo-user-${user.role}`;
       button.addEventListener("click", () =>
-        openPlan({ token: user.token, planId: $("plan-input").value.trim() || demo.plan_id, demoUserId: user.user_id }),
+        openSession({ token: user.token, planId: $("plan-input").value.trim() || demo.plan_id, demoUserId: user.user_id }),
       );
       $("demo-list").append(button);
     }
   }
   $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    openPlan({ token: $("token-input").value.trim(), planId: $("plan-input").value.trim() || null });
+    openSession({ token: $("token-input").value.trim(), planId: $("plan-input").value.trim() || null });
   });
 }
 
@@ -97,67 +124,154 @@ function logOut() {
   location.reload();
 }
 
-// ------------------------------------------------------------------------------------------------ the plan
+function setView(view) {
+  page.view = view === "list" ? "list" : "grid";
+  localStorage.setItem(VIEW_KEY, page.view);
+  $("slots-view").hidden = page.view !== "grid";
+  $("list-view").hidden = page.view !== "list";
+  $("view-grid").setAttribute("aria-pressed", String(page.view === "grid"));
+  $("view-list").setAttribute("aria-pressed", String(page.view === "list"));
+  grid.invalidate();
+  list.invalidate();
+  scheduleRender();
+}
 
-async function openPlan(session) {
+// ------------------------------------------------------------------------------------------------ the session
+
+async function openSession(session) {
   sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
   $("login").hidden = true;
   $("plan").hidden = false;
   $("logout").hidden = false;
   $("status").hidden = false;
   $("logout").addEventListener("click", logOut);
+  setLoading(true);
 
+  const storage = createIndexedDBStorage();
   const client = createClient({
     url: location.origin,
     token: session.token,
     getToken: session.demoUserId ? () => renewDemoToken(session.demoUserId) : null,
-    storage: createIndexedDBStorage(),
+    storage,
     staleAfterMs: STALE_AFTER_MS,
   });
   page.client = client;
-  $("whoami").textContent = client.userId ? `You: ${shortLabel(client.userId)}` : "";
+  // A handle for the browser's console (and the browser tests): the client of this page.
+  window.realtimeClient = client;
+  Promise.resolve(storage.available ?? storage.kind === "indexeddb").then((available) => {
+    $("storage-banner").hidden = Boolean(available);
+  });
+  $("whoami").textContent = client.userId ? `You: ${ctx.nameOf(client.userId)}` : "";
 
   client.onStatus(showStatus);
-  client.onQueue((writes) => {
-    $("pending-count").hidden = writes.length === 0;
-    $("pending-count").textContent = `${writes.length} pending`;
-  });
+  client.onQueue(showQueue);
   client.onError(showError);
   client.onChange(({ table, id, record }) => {
-    if (table === "plan" && id === page.planId) showPlanTitle();
-    if (table !== "task") return;
-    const data = record?.data;
-    const inPlan = data && data.plan_id === page.planId;
-    if (inPlan !== page.index.has(id) || (inPlan && page.starts.get(id) !== data.starts_at)) page.orderDirty = true;
+    if (table === "plan" && id === page.planId) {
+      showPlanTitle();
+      grid.invalidate();
+    }
+    if (table === "task") {
+      const data = record?.data?.plan_id === page.planId ? record.data : null;
+      list.noteChange(id, data);
+      grid.noteChange(id, data);
+    }
+    panel.changed(table, id, record);
     scheduleRender();
   });
+  $("retry-now").addEventListener("click", () => client.reconnectNow());
+  $("pending-count").addEventListener("click", () => {
+    $("failed-writes").hidden = !$("failed-writes").hidden || client.pendingWrites().every((w) => !w.failed);
+  });
+  $("add-task").addEventListener("click", addTaskAfterLast);
+  $("plan-picker").addEventListener("change", (event) => switchPlan(event.target.value));
+  window.addEventListener("resize", scheduleRender);
 
-  page.planId = session.planId || (await latestPlanId(client));
-  if (!page.planId) {
+  const plans = await listPlans(client);
+  const planId = session.planId || plans[0]?.id || null;
+  if (!planId) {
+    setLoading(false);
     showPlanError("No plan to show: this user cannot see any plan.");
     return;
   }
+  showPlanPicker(plans, planId);
+  await switchPlan(planId);
+}
+
+/** The user's plans, newest first (for the picker). */
+async function listPlans(client) {
+  try {
+    const response = await client.request("GET", "/rest/v1/plans?order=period_start.desc,id.asc&limit=200");
+    return response.ok ? await response.json() : [];
+  } catch {
+    return [];
+  }
+}
+
+function showPlanPicker(plans, planId) {
+  const picker = $("plan-picker");
+  const options = plans.map((plan) => new Option(`${plan.title} (${plan.period_start} – ${plan.period_end})`, plan.id));
+  if (!plans.some((plan) => plan.id === planId)) options.unshift(new Option("This plan", planId));
+  picker.replaceChildren(...options);
+  picker.value = planId;
+  $("plan-picker-label").hidden = plans.length < 1;
+}
+
+/** Opens a plan: its snapshot, its channel (changes and presence), its role; closes the previous one. */
+async function switchPlan(planId) {
+  const client = page.client;
+  if (page.channel) {
+    await client.removeChannel(page.channel);
+    client.unloadPlan(page.planId);
+    page.channel = null;
+  }
+  page.side?.close();
+  page.side = null;
+  panel.close();
+  page.planId = planId;
+  const session = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? "{}");
+  sessionStorage.setItem(SESSION_KEY, JSON.stringify({ ...session, planId }));
+  setLoading(true);
+  grid.invalidate();
+  list.invalidate();
   if (!(await loadPlan(client))) return;
+  await loadRole(client);
   page.channel = client
-    .channel(`plan:${page.planId}`)
-    .on("presence", scheduleRender)
+    .channel(`plan:${planId}`)
+    .on("presence", () => {
+      showOnline();
+      scheduleRender();
+    })
+    .on("postgres_changes", { event: "*" }, (change) => {
+      if (change.table === "status_history") panel.historyEvent(change.new);
+      if (change.table === "task" && change.new?.client_card_id) ensureCard(change.new.client_card_id);
+    })
     .subscribe((status, error) => {
       if (status === "CHANNEL_ERROR") showPlanError(error?.message ?? "This plan is no longer available.");
     });
-  grid.addEventListener("scroll", scheduleRender, { passive: true });
-  window.addEventListener("resize", scheduleRender);
-  $("add-task").addEventListener("click", addTask);
+  for (const task of ctx.tasks()) if (task.data.client_card_id) ensureCard(task.data.client_card_id);
+  openSideStream(client);
 }
 
-/** The user's most recent plan, when none was named. */
-async function latestPlanId(client) {
-  try {
-    const response = await client.request("GET", "/rest/v1/plans?order=period_start.desc,id.asc&limit=1");
-    const plans = response.ok ? await response.json() : [];
-    return plans[0]?.id ?? null;
-  } catch {
-    return null;
-  }
+/**
+ * Attachments of tasks and client cards are not on the plan's channel (the server sends an attachment there only
+ * when it belongs to the plan itself): a second, read-only client streams them from the branch's channel, narrowed
+ * by the server to those two tables. Its changes redraw the panel.
+ */
+function openSideStream(client) {
+  const branchId = ctx.branchId();
+  if (!branchId) return;
+  const side = createClient({ url: location.origin, token: client.token, storage: createMemoryStorage(), staleAfterMs: STALE_AFTER_MS });
+  page.side = side;
+  side.onChange(({ table, id, record }) => {
+    panel.changed(table, id, record);
+    if (table === "client_card") scheduleRender();
+  });
+  side
+    .channel(`branch:${branchId}`)
+    .on("postgres_changes", { table: "attachment" }, () => {})
+    .on("postgres_changes", { table: "client_card" }, () => {})
+    .subscribe();
 }
 
 /** Loads the plan's snapshot; retries while the server cannot be reached. Returns false if the plan is not visible. */
@@ -166,12 +280,15 @@ async function loadPlan(client) {
     try {
       await client.loadPlan(page.planId);
       $("plan-error").hidden = true;
+      setLoading(false);
       showPlanTitle();
-      page.orderDirty = true;
+      grid.invalidate();
+      list.invalidate();
       scheduleRender();
       return true;
     } catch (error) {
       if (error.status === 404 || error.status === 403 || error.status === 400 || error.status === 401) {
+        setLoading(false);
         showPlanError(error.status === 401 ? "This token is not valid (or has expired)." : "No such plan, or you may not see it.");
         return false;
       }
@@ -181,8 +298,50 @@ async function loadPlan(client) {
   }
 }
 
+/** This user's role in the plan's branch: viewers get a read-only grid. */
+async function loadRole(client) {
+  const branchId = ctx.branchId();
+  page.role = null;
+  try {
+    const response = await client.request("GET", `/rest/v1/branches/${branchId}/members`);
+    const members = response.ok ? await response.json() : [];
+    page.role = members.find((member) => member.user_id === client.userId)?.role ?? null;
+    for (const member of members) if (member.display_name) page.names.set(member.user_id, member.display_name);
+  } catch {
+    page.role = null;
+  }
+  $("readonly-banner").hidden = !ctx.readOnly;
+  $("add-task").hidden = ctx.readOnly;
+  document.body.classList.toggle("read-only", ctx.readOnly);
+  grid.invalidate();
+  scheduleRender();
+}
+
+/** Fetches a client card the local rows do not hold yet (a task linked to it arrived). */
+const cardsAsked = new Set();
+async function ensureCard(cardId) {
+  if (page.client.record("client_card", cardId) || cardsAsked.has(cardId)) return;
+  cardsAsked.add(cardId);
+  try {
+    const response = await page.client.request("GET", `/rest/v1/client_cards/${cardId}`);
+    if (response.ok) {
+      const card = await response.json();
+      page.client.remember("client_card", [card]);
+      page.side?.remember("client_card", [card]);
+    }
+  } catch {
+    cardsAsked.delete(cardId);
+  }
+}
+
+function setLoading(loading) {
+  page.loading = loading;
+  $("plan-loading").hidden = !loading;
+  scheduleRender();
+}
+
 function showPlanTitle() {
-  const plan = page.client.record("plan", page.planId)?.data;
+  const plan = ctx.plan();
   if (!plan) return;
   $("plan-title").textContent = plan.title;
   document.title = `${plan.title} · Realtime plan`;
@@ -193,11 +352,59 @@ function showPlanError(message) {
   $("plan-error").textContent = message;
 }
 
+// ------------------------------------------------------------------------------------------------ state shown
+
+const STATUS_TEXT = { connecting: "connecting", live: "live", offline: "reconnecting", stale: "reconnecting" };
+
 function showStatus(status) {
   const pill = $("status");
-  pill.textContent = status;
+  pill.textContent = STATUS_TEXT[status] ?? status;
   pill.dataset.status = status;
+  pill.title = status === "stale" ? "Disconnected for over a minute; reconnecting" : "Connection to the server";
   $("stale-banner").hidden = status !== "stale";
+  $("retry-now").hidden = status !== "offline" && status !== "stale";
+}
+
+function showQueue(writes) {
+  const failed = writes.filter((write) => write.failed);
+  $("pending-count").hidden = writes.length === 0;
+  $("pending-count").textContent = failed.length > 0 ? `${writes.length} pending, ${failed.length} not saved` : `${writes.length} pending`;
+  const items = failed.map((write) => {
+    const item = document.createElement("li");
+    item.dataset.testid = "failed-write";
+    const title = page.client.record(write.table, write.id)?.data?.title ?? write.table;
+    item.append(`${write.kind} of ${title}: ${write.error?.message ?? "not saved"} `);
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.textContent = "Retry";
+    retry.dataset.testid = "failed-retry";
+    retry.addEventListener("click", () => page.client.retryWrite(write.key));
+    const discard = document.createElement("button");
+    discard.type = "button";
+    discard.textContent = "Discard";
+    discard.dataset.testid = "failed-discard";
+    discard.addEventListener("click", () => page.client.discardWrite(write.key));
+    item.append(retry, " ", discard);
+    return item;
+  });
+  $("failed-list").replaceChildren(...items);
+  if (failed.length === 0) $("failed-writes").hidden = true;
+}
+
+/** Who is on the plan now, as initials with their names for assistive technology. */
+function showOnline() {
+  const presences = page.channel?.presenceMap() ?? {};
+  const items = Object.keys(presences)
+    .filter((userId) => userId !== page.client.userId)
+    .map((userId) => {
+      const item = document.createElement("li");
+      item.className = "avatar";
+      item.textContent = initials(ctx.nameOf(userId));
+      item.title = ctx.nameOf(userId);
+      item.setAttribute("aria-label", ctx.nameOf(userId));
+      return item;
+    });
+  $("online").replaceChildren(...items);
 }
 
 /** Toasts for what the user must know: a refused write (undone), a conflict, lost access, an expired login. */
@@ -216,6 +423,14 @@ function showError(error) {
     case "conflict":
       toast("Someone changed this task after your edit; their newer version was kept.", "info");
       break;
+    case "failed":
+      toast("A change could not be saved after several tries.", "error", {
+        label: "Show",
+        run: () => {
+          $("failed-writes").hidden = false;
+        },
+      });
+      break;
     case "revoked":
       toast("You no longer have access to this plan.");
       break;
@@ -227,90 +442,99 @@ function showError(error) {
   }
 }
 
-function toast(text, kind = "error") {
+/** A toast that goes away by itself, or when dismissed; `action` adds a button (e.g. Undo). */
+function toast(text, kind = "error", action = null) {
   const element = document.createElement("div");
   element.className = `toast ${kind}`;
-  element.dataset.testid = "toast";
-  element.textContent = text;
+  element.setAttribute("role", kind === "error" ? "alert" : "status");
+  const message = document.createElement("span");
+  message.dataset.testid = "toast";
+  message.textContent = text;
+  element.append(message);
+  if (action) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "toast-action";
+    button.dataset.testid = "toast-action";
+    button.textContent = action.label;
+    button.addEventListener("click", () => {
+      element.remove();
+      action.run();
+    });
+    element.append(button);
+  }
+  const close = document.createElement("button");
+  close.type = "button";
+  close.className = "toast-close";
+  close.dataset.testid = "toast-close";
+  close.setAttribute("aria-label", "Dismiss");
+  close.textContent = "×";
+  close.addEventListener("click", () => element.remove());
+  element.append(close);
   $("toasts").append(element);
-  setTimeout(() => element.remove(), 8000);
+  setTimeout(() => element.remove(), action ? UNDO_MS : 8000);
 }
 
 // ------------------------------------------------------------------------------------------------ editing
 
-function addTask() {
-  const last = page.order.length ? page.client.record("task", page.order.at(-1))?.data : null;
-  const plan = page.client.record("plan", page.planId)?.data;
-  const startsAt = last ? new Date(last.ends_at) : new Date(`${plan?.period_start ?? new Date().toISOString().slice(0, 10)}T09:00:00`);
-  const endsAt = new Date(startsAt.getTime() + 3_600_000);
-  const id = page.client.newId();
-  page.focusNext = id;
-  page.client.from("task").insert({
-    id,
-    plan_id: page.planId,
-    title: "New task",
-    starts_at: startsAt.toISOString(),
-    ends_at: endsAt.toISOString(),
-  });
-}
-
-/** Presence: this user is editing a slot (heartbeats go on while the title has focus). */
-function editStarted(taskId) {
+/** Presence: this user is on a slot (a task id or an empty slot's key); heartbeats go on while it lasts. */
+function presenceOn(slot, action) {
   clearTimeout(page.leaveTimer);
-  page.channel?.track({ slot: taskId, action: "editing" });
+  page.channel?.track({ slot, action });
 }
 
-/** Leaves presence shortly after the last edit ends (moving to the next title keeps it). */
-function editEnded() {
+/** Leaves presence shortly after focus leaves (moving to the next control keeps it). */
+function presenceOff() {
   clearTimeout(page.leaveTimer);
   page.leaveTimer = setTimeout(() => {
-    if (!document.activeElement?.classList.contains("title")) page.channel?.untrack();
+    const active = document.activeElement;
+    if (!active?.closest?.(".row, .task, .cell, #panel")) page.channel?.untrack();
   }, 150);
 }
 
-function commitTitle(input) {
-  const id = input.closest(".row").dataset.taskId;
-  const title = input.value.trim();
-  if (!title) {
-    input.value = input.dataset.saved;
-    return;
-  }
-  if (title !== input.dataset.saved) page.client.from("task").update(id, { title });
+/** A new task in the slot that was clicked, an hour long; the panel opens on it. */
+function createTaskAt(start) {
+  if (ctx.readOnly) return;
+  const id = page.client.newId();
+  const ends = new Date(start.getTime() + 3_600_000);
+  page.client.from("task").insert({ id, plan_id: page.planId, title: "New task", starts_at: start.toISOString(), ends_at: ends.toISOString() });
+  panel.open(id);
+  const title = $("task-title-input");
+  title.focus();
+  title.select();
 }
 
-/** One row's elements; their handlers read the row's current task id, since rows are reused while scrolling. */
-function createRow() {
-  const row = document.createElement("div");
-  row.className = "row";
-  row.dataset.testid = "task-row";
-  row.innerHTML = `
-    <span class="when" data-testid="task-when"></span>
-    <input class="title" data-testid="task-title" aria-label="Title" maxlength="500">
-    <select class="status-select" data-testid="task-status" aria-label="Status">
-      ${STATUSES.map((status) => `<option value="${status}">${status}</option>`).join("")}
-    </select>
-    <span class="marks">
-      <span class="mark pending" data-testid="pending-mark" hidden>pending</span>
-      <span class="mark updated" data-testid="updated-mark" hidden>updated</span>
-      <span class="mark presence" data-testid="presence-label" hidden></span>
-      <button class="delete" type="button" data-testid="task-delete" title="Delete task" aria-label="Delete task">×</button>
-    </span>`;
-  const input = row.querySelector(".title");
-  input.addEventListener("focus", () => editStarted(row.dataset.taskId));
-  input.addEventListener("blur", editEnded);
-  input.addEventListener("change", () => commitTitle(input));
-  input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter") input.blur();
-    if (event.key === "Escape") {
-      input.value = input.dataset.saved;
-      input.blur();
-    }
+/** "Add task": after the last task (the list view focuses its title). */
+function addTaskAfterLast() {
+  const tasks = ctx.tasks().sort((a, b) => (a.data.ends_at < b.data.ends_at ? -1 : 1));
+  const last = tasks.at(-1)?.data;
+  const plan = ctx.plan();
+  const startsAt = last ? new Date(last.ends_at) : new Date(`${plan?.period_start ?? new Date().toISOString().slice(0, 10)}T09:00:00`);
+  const endsAt = new Date(startsAt.getTime() + 3_600_000);
+  const id = page.client.newId();
+  page.client.from("task").insert({ id, plan_id: page.planId, title: "New task", starts_at: startsAt.toISOString(), ends_at: endsAt.toISOString() });
+  if (page.view === "list") {
+    list.focusTitle(id);
+  } else {
+    grid.reveal(id);
+    panel.open(id);
+    $("task-title-input").focus();
+    $("task-title-input").select();
+  }
+}
+
+/** Deletes a task and offers to undo it (a new insert of the same row) for a few seconds. */
+function deleteTask(id) {
+  const before = page.client.record("task", id)?.data;
+  if (!before) return;
+  page.client.from("task").delete(id);
+  toast(`Deleted “${before.title}”.`, "info", {
+    label: "Undo",
+    run: () => {
+      const { id: taskId, plan_id, title, starts_at, ends_at, status, client_card_id } = before;
+      page.client.from("task").insert({ id: taskId, plan_id, title, starts_at, ends_at, status, client_card_id });
+    },
   });
-  row.querySelector(".status-select").addEventListener("change", (event) => {
-    page.client.from("task").update(row.dataset.taskId, { status: event.target.value });
-  });
-  row.querySelector(".delete").addEventListener("click", () => page.client.from("task").delete(row.dataset.taskId));
-  return row;
 }
 
 // ------------------------------------------------------------------------------------------------ drawing
@@ -319,124 +543,25 @@ function scheduleRender() {
   if (!page.frame) page.frame = requestAnimationFrame(render);
 }
 
-/** Sorts the plan's tasks by start, then id (as the snapshot does). Only when rows came, went or moved. */
-function rebuildOrder() {
-  const records = page.client.records("task", (task) => task.plan_id === page.planId);
-  records.sort((a, b) => (a.data.starts_at < b.data.starts_at ? -1 : a.data.starts_at > b.data.starts_at ? 1 : a.id < b.id ? -1 : 1));
-  page.order = records.map((record) => record.id);
-  page.index = new Map(page.order.map((id, i) => [id, i]));
-  page.starts = new Map(records.map((record) => [record.id, record.data.starts_at]));
-  page.orderDirty = false;
-  canvas.style.height = `${page.order.length * ROW_HEIGHT}px`;
-}
-
-/** Draws the rows in view: reuses row elements, keeps the one being edited, updates only what changed. */
 function render() {
   page.frame = 0;
-  if (!page.client) return;
+  if (!page.client || !page.planId) return;
   const started = performance.now();
-  if (page.orderDirty) rebuildOrder();
-  if (page.focusNext && page.index.has(page.focusNext)) {
-    grid.scrollTop = Math.max(0, page.index.get(page.focusNext) * ROW_HEIGHT - grid.clientHeight / 2);
+  let count;
+  let meta;
+  if (page.view === "list") {
+    count = list.render();
+    meta = `${count} task${count === 1 ? "" : "s"}`;
+  } else {
+    const { placed, outside } = grid.render();
+    count = placed + outside;
+    meta = `${count} task${count === 1 ? "" : "s"}${outside ? ` (${outside} outside the plan's days: see List)` : ""}`;
   }
-  const first = Math.max(0, Math.floor(grid.scrollTop / ROW_HEIGHT) - OVERSCAN);
-  const last = Math.min(page.order.length, Math.ceil((grid.scrollTop + grid.clientHeight) / ROW_HEIGHT) + OVERSCAN);
-  const wanted = new Set(page.order.slice(first, last));
-  const focusedId = document.activeElement?.closest?.(".row")?.dataset.taskId;
-  if (focusedId && page.index.has(focusedId)) wanted.add(focusedId);
-
-  for (const [id, row] of page.rows) {
-    if (wanted.has(id)) continue;
-    row.remove();
-    page.rows.delete(id);
-    page.pool.push(row);
-  }
-  const editors = editorsBySlot();
-  let nextExpiry = Infinity;
-  for (const id of wanted) {
-    let row = page.rows.get(id);
-    if (!row) {
-      row = page.pool.pop() ?? createRow();
-      row.dataset.taskId = id;
-      page.rows.set(id, row);
-      canvas.append(row);
-    }
-    nextExpiry = Math.min(nextExpiry, drawRow(row, id, editors.get(id)));
-  }
-  $("plan-meta").textContent = `${page.order.length} task${page.order.length === 1 ? "" : "s"}`;
-
-  if (page.focusNext && page.rows.has(page.focusNext)) {
-    const input = page.rows.get(page.focusNext).querySelector(".title");
-    page.focusNext = null;
-    input.focus();
-    input.select();
-  }
-  // Redraw when the next "updated" mark is due to fade.
-  clearTimeout(page.markTimer);
-  if (nextExpiry !== Infinity) page.markTimer = setTimeout(scheduleRender, Math.max(50, nextExpiry - Date.now()));
+  // Only what changed: a text set every frame would restyle the header every frame.
+  if ($("plan-meta").textContent !== meta) $("plan-meta").textContent = meta;
+  const empty = page.loading || count > 0 || !ctx.plan();
+  if ($("plan-empty").hidden !== empty) $("plan-empty").hidden = empty;
   if (MEASURE) performance.measure("render", { start: started });
-}
-
-/** Other users' presence by slot: task id → "User 0001 is editing". */
-function editorsBySlot() {
-  const bySlot = new Map();
-  const presences = page.channel?.presenceState() ?? {};
-  for (const [userId, presence] of Object.entries(presences)) {
-    const { slot, action } = presence.state ?? {};
-    if (!slot || userId === page.client.userId || (action !== "editing" && action !== "selecting")) continue;
-    const label = `${shortLabel(userId)} is ${action}`;
-    bySlot.set(slot, bySlot.has(slot) ? `${bySlot.get(slot)}, ${label}` : label);
-  }
-  return bySlot;
-}
-
-/** Sets a property only when it differs, so that redrawing an unchanged row touches nothing. */
-function set(element, property, value) {
-  if (element[property] !== value) element[property] = value;
-}
-
-function setData(element, key, value) {
-  if (element.dataset[key] !== value) element.dataset[key] = value;
-}
-
-const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: "short", day: "numeric", month: "short" });
-const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hour12: false });
-
-function when(task) {
-  const starts = new Date(task.starts_at);
-  return `${dayFormat.format(starts)} ${timeFormat.format(starts)}–${timeFormat.format(new Date(task.ends_at))}`;
-}
-
-/** Draws one row; returns when its "updated" mark should fade (ms since the epoch), or Infinity. */
-function drawRow(row, id, editorsLabel) {
-  const record = page.client.record("task", id);
-  if (!record) return Infinity;
-  const task = record.data;
-  setData(row, "taskId", id);
-  setData(row, "status", task.status);
-  setData(row, "pending", String(record.pending));
-  set(row.style, "transform", `translateY(${page.index.get(id) * ROW_HEIGHT}px)`);
-  set(row, "className", `row status-${task.status}${record.pending ? " is-pending" : ""}`);
-  set(row.querySelector(".when"), "textContent", when(task));
-
-  const input = row.querySelector(".title");
-  if (document.activeElement !== input) set(input, "value", task.title);
-  setData(input, "saved", task.title);
-  const select = row.querySelector(".status-select");
-  if (document.activeElement !== select) set(select, "value", task.status);
-
-  set(row.querySelector(".pending"), "hidden", !record.pending);
-  const fadesAt = record.changedAt === null ? -Infinity : record.changedAt + UPDATED_MARK_MS;
-  const recent = fadesAt > Date.now();
-  const updated = row.querySelector(".updated");
-  set(updated, "hidden", !(record.updatedElsewhere || recent));
-  set(updated, "textContent", record.updatedElsewhere ? "updated elsewhere" : "updated");
-  set(updated, "className", `mark updated${record.updatedElsewhere ? " elsewhere" : ""}`);
-  setData(row, "updated", String(record.updatedElsewhere || recent));
-  const presence = row.querySelector(".presence");
-  set(presence, "hidden", !editorsLabel);
-  set(presence, "textContent", editorsLabel ?? "");
-  return recent ? fadesAt : Infinity;
 }
 
 start();
