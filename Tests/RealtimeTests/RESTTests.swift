@@ -31,6 +31,9 @@ import Testing
             let members = try await client.send(.get, "/rest/v1/branches/\(team.branch)/members", as: .user(team.viewer))
             #expect(members.status == .ok)
             #expect(Set(members.array.compactMap { $0["role"] as? String }) == ["admin", "editor", "viewer"])
+            // Each with the display name a fellow member may read (Team names its users after their roles), so that a
+            // page can show who is present without presence carrying names.
+            #expect(members.array.allSatisfy { $0["display_name"] as? String == $0["role"] as? String }, "\(members.text)")
 
             // The admin creates a user, adds them, changes their role, and removes them.
             let newcomer = UUID()

@@ -74,8 +74,15 @@ struct AdminController {
         let principal = try context.requirePrincipal()
         let rows = try await database.withRequestTransaction(as: principal) { transaction in
             try await requireBranch(branch, access: .read, in: transaction)
+            // With each member's display name as the caller may read it (row-level security on app_user: the people of
+            // the caller's branches), so that a page can name who is present while presence itself carries ids only.
             return try await transaction.texts(
-                "SELECT row_to_json(m)::text FROM branch_member m WHERE m.branch_id = \(branch) ORDER BY m.created_at, m.id"
+                """
+                SELECT row_to_json(listed)::text FROM (
+                    SELECT m.*, u.display_name FROM branch_member m LEFT JOIN app_user u ON u.id = m.user_id
+                    WHERE m.branch_id = \(branch) ORDER BY m.created_at, m.id
+                ) listed
+                """
             )
         }
         return .json(.ok, "[" + rows.joined(separator: ",") + "]")
