@@ -359,3 +359,38 @@ test("delay reports can be turned off", async () => {
   assert.equal(server.restRequests("POST").filter((r) => r.path === "/realtime/v1/slo/client-delay").length, 0);
   client.close();
 });
+
+test("a live stream counts as healthy until it drops: a quiet stream that loses the network is stale a full period later", async () => {
+  const clock = new FakeClock();
+  const server = fakeServer();
+  const client = makeClient(server, clock, { staleAfterMs: 2000 });
+  client.channel(`plan:${PLAN}`).subscribe();
+  await settle();
+  assert.equal(client.status, "live");
+  await clock.advance(10_000); // live and quiet: no bytes for longer than the stale period
+  server.online = false;
+  client.testNetwork.set(false);
+  await settle();
+  assert.equal(client.status, "offline", "not stale at once: the stream was live until now");
+  await clock.advance(1999);
+  assert.equal(client.status, "offline");
+  await clock.advance(1);
+  assert.equal(client.status, "stale");
+  client.close();
+});
+
+test("a stalled stream was healthy only until its last bytes: stale comes a period after them", async () => {
+  const clock = new FakeClock();
+  const server = fakeServer();
+  const client = makeClient(server, clock, { stallTimeoutMs: 45_000, staleAfterMs: 60_000 });
+  client.channel(`plan:${PLAN}`).subscribe();
+  await settle();
+  server.online = false;
+  await clock.advance(45_001);
+  assert.equal(client.status, "offline", "the watchdog took the silent stream as lost");
+  await clock.advance(14_998);
+  assert.equal(client.status, "offline");
+  await clock.advance(2);
+  assert.equal(client.status, "stale", "60 s after the last bytes, not after the watchdog fired");
+  client.close();
+});

@@ -202,6 +202,8 @@ export class Connection {
     this.reconnectTimer = null;
     this.staleTimer = null;
     this.stallTimer = null;
+    /** The watchdog took the stream as dead: the stale period counts from its last bytes, not from now. */
+    this.stalled = false;
     this.offlineSince = null;
     this.openQueued = false;
     this.closed = false;
@@ -604,7 +606,9 @@ export class Connection {
     this.clearTimer("stallTimer");
     this.stallTimer = this.clock.setTimeout(() => {
       this.stallTimer = null;
-      if (generation === this.generation) controller.abort();
+      if (generation !== this.generation) return;
+      this.stalled = true;
+      controller.abort();
     }, this.stallTimeoutMs);
   }
 
@@ -625,6 +629,7 @@ export class Connection {
 
   goLive() {
     this.clearTimer("staleTimer");
+    this.stalled = false;
     this.healthy();
     this.offlineSince = null;
     this.setStatus(Status.LIVE);
@@ -632,6 +637,9 @@ export class Connection {
   }
 
   goOffline() {
+    // A live stream was healthy until now, however quiet; one the watchdog gave up on, only until its last bytes.
+    if (this.status === Status.LIVE && !this.stalled) this.healthy();
+    this.stalled = false;
     if (this.offlineSince === null) this.offlineSince = this.clock.now();
     if (this.status !== Status.STALE) this.setStatus(Status.OFFLINE);
     if (this.staleTimer === null) this.armStaleTimer();
