@@ -808,6 +808,35 @@ class Suite:
         viewer.close()
         return f"{len(tasks)} task shown; no slot, status, add or panel control enabled"
 
+    def test_grid_overlapping_tasks_stand_side_by_side(self) -> str:
+        """Tasks that overlap in time on a day share its width in lanes, so none hides another; a task that overlaps
+        nothing keeps the whole width."""
+        plan_id, _ = make_plan(self.config, self.config.branch_id, f"Overlaps {uuid.uuid4().hex[:6]}", [])
+        self.plans_made.append(plan_id)
+        day = dt.datetime.combine(dt.date.today(), dt.time(0, 0), tzinfo=dt.timezone.utc)
+        ids = {}
+        for title, begins, minutes in [("Long", 9, 120), ("Inside", 10, 50), ("Alone", 12, 50)]:
+            ids[title] = str(uuid.uuid4())
+            starts = day + dt.timedelta(hours=begins)
+            must(self.config, "POST", "/rest/v1/tasks", self.config.service_token, {
+                "id": ids[title], "plan_id": plan_id, "title": title,
+                "starts_at": iso(starts), "ends_at": iso(starts + dt.timedelta(minutes=minutes)),
+            })
+        page = self.page("O-grid", self.config.editor_token, plan_id, view="grid")
+        page.wait_live()
+        wait_until(lambda: len(page.driver.execute_script(GRID_TASKS_JS)) == 3, 10, "the three tasks show")
+        boxes = page.driver.execute_script("""
+          const box = (id) => { const r = document.querySelector(`[data-testid="grid-task"][data-task-id="${id}"]`).getBoundingClientRect();
+                                return { left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width }; };
+          return { long: box(arguments[0]), inside: box(arguments[1]), alone: box(arguments[2]) };
+        """, ids["Long"], ids["Inside"], ids["Alone"])
+        long, inside, alone = boxes["long"], boxes["inside"], boxes["alone"]
+        check(long["bottom"] > inside["top"] and inside["bottom"] > long["top"], f"the two overlap in time on screen: {boxes}")
+        check(long["right"] <= inside["left"] or inside["right"] <= long["left"], f"overlapping tasks stand side by side: {boxes}")
+        check(alone["width"] > 1.5 * long["width"], f"a task that overlaps nothing keeps the day's width: {boxes}")
+        page.close()
+        return f"two overlapping tasks {long['width']:.0f} px wide each, the one alone {alone['width']:.0f} px"
+
     def test_slow_clock_gets_no_false_409(self) -> str:
         """A browser whose clock is 60 s slow edits a task right after another user: its edit is the last one, not a
         false 409 (the client stamps updated_at in the server's time)."""
@@ -1095,6 +1124,7 @@ TESTS = [
     "test_many_tasks_are_virtualized",
     "test_grid_two_browsers_see_each_other_within_1s",
     "test_viewer_grid_is_read_only",
+    "test_grid_overlapping_tasks_stand_side_by_side",
     "test_slow_clock_gets_no_false_409",
     "test_two_tabs_offline_every_write_lands_once",
     "test_bad_channel_beside_good_one",

@@ -28,6 +28,8 @@ export function createGridView(ctx) {
     /** "dayIndex:slot" → task ids starting there, and id → that key. */
     buckets: new Map(),
     placed: new Map(),
+    /** id → { lane, lanes }: tasks that overlap in time stand side by side (laneTasks). */
+    lanes: new Map(),
     outside: 0,
     dirty: true,
     headRow: null,
@@ -92,8 +94,52 @@ export function createGridView(ctx) {
       view.placed.set(record.id, key);
     }
     for (const ids of view.buckets.values()) ids.sort();
+    view.lanes = laneTasks();
     view.dirty = false;
     if (view.dayInView >= view.days.length) view.dayInView = Math.max(0, view.days.length - 1);
+  }
+
+  /**
+   * Side-by-side lanes for tasks that overlap in time on a day: each task takes the first lane free at its start, and
+   * every task of a group that overlaps (directly or through others) shares the group's lane count, so none hides
+   * another. Returns id → { lane, lanes }.
+   */
+  function laneTasks() {
+    const lanes = new Map();
+    const byDay = new Map();
+    for (const [id, key] of view.placed) {
+      const record = ctx.client.record("task", id);
+      if (!record) continue;
+      const { start, end } = timesOf(record);
+      const day = key.slice(0, key.indexOf(":"));
+      if (!byDay.has(day)) byDay.set(day, []);
+      byDay.get(day).push({ id, start: start.getTime(), end: Math.max(end.getTime(), start.getTime() + 1) });
+    }
+    for (const tasks of byDay.values()) {
+      tasks.sort((a, b) => a.start - b.start || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      let group = [];
+      let groupEnd = -Infinity;
+      let laneEnds = [];
+      const close = () => {
+        for (const task of group) lanes.set(task.id, { lane: task.lane, lanes: laneEnds.length });
+        group = [];
+        laneEnds = [];
+      };
+      for (const task of tasks) {
+        if (task.start >= groupEnd) {
+          close();
+          groupEnd = -Infinity;
+        }
+        let lane = laneEnds.findIndex((end) => end <= task.start);
+        if (lane === -1) lane = laneEnds.push(task.end) - 1;
+        else laneEnds[lane] = task.end;
+        task.lane = lane;
+        group.push(task);
+        groupEnd = Math.max(groupEnd, task.end);
+      }
+      close();
+    }
+    return lanes;
   }
 
   function slotStart(dayIndex, slot) {
@@ -383,7 +429,8 @@ export function createGridView(ctx) {
             cell.tasks.set(id, block);
             cell.append(block);
           }
-          drawTask(block, id, i, ids.length, people.get(id));
+          const place = view.lanes.get(id) ?? { lane: i, lanes: ids.length };
+          drawTask(block, id, place.lane, place.lanes, people.get(id));
           drawn++;
         });
       }
