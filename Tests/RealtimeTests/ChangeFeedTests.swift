@@ -138,6 +138,31 @@ import Testing
         }
     }
 
+    /// An attachment of a task names only the task (it has exactly one parent), yet the README promises it on the
+    /// task's plan channel: the log places it by the task's plan.
+    @Test func aTasksAttachmentStreamsOnItsPlansChannel() async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            let task = try await team.makeTask(client, plan: plan)
+            let stream = try await Self.open(client, "/realtime/v1/stream?channel=plan:\(plan)", as: .user(team.viewer))
+            let attachment = try await client.send(
+                .post, "/rest/v1/attachments", as: .user(team.editor),
+                json: #"{"task_id":"\#(task)","file_name":"scan.pdf","content_type":"application/pdf","byte_size":1,"storage_url":"u"}"#)
+            let id = try #require(attachment.string("id"))
+            _ = try await client.send(.delete, "/rest/v1/attachments/\(id)", as: .user(team.editor))
+            let marker = try await team.makeTask(client, plan: plan, title: "after the attachment")
+            let frames = try await stream.waitFor("the marker after the attachment") { frames in
+                frames.contains { $0.record["id"] as? String == marker.uuidString.lowercased() }
+            }
+            let attachments = frames.filter { $0.table == "attachment" }
+            #expect(attachments.map(\.operation) == ["INSERT", "DELETE"], "plan channel frames: \(frames.map(\.data))")
+            #expect(attachments.first?.record["file_name"] as? String == "scan.pdf")
+            stream.close()
+        }
+    }
+
     @Test func changesMadeWithPlainSQLAreStreamed() async throws {
         let server = try await TestServer.make(changeFeed: true)
         try await server.testLive { client in

@@ -120,13 +120,24 @@ public enum EventLog {
             .joined(separator: " ") + " END"
     }
 
+    /// A change's plan: the row's own, or for a table placed by its task's plan (``FeedPlacement/planOfTask``) that
+    /// task's plan as it is now (a task deleted with it leaves the change on its branch's channel only).
+    private static var planExpression: String {
+        let byTask = TableSchema.streamed.filter { $0.feed?.planOfTask == true }.map { "'\($0.table)'" }
+        guard !byTask.isEmpty else { return "NULLIF(c.plan, '')::uuid" }
+        return """
+            coalesce(NULLIF(c.plan, '')::uuid, CASE WHEN c.table_name IN (\(byTask.joined(separator: ", "))) \
+            THEN (SELECT t.plan_id FROM public.task t WHERE t.id = NULLIF(c.task, '')::uuid) END)
+            """
+    }
+
     /// One INSERT for a batch: the arrays unnested in order (the identity column numbers rows in that order, so `seq`
     /// follows commit order), each record typed by its table, an UPDATE's old record cut to the columns that changed.
     private static let appendSQL = """
         INSERT INTO realtime.event_log (commit_lsn, tx_index, xid, commit_time, table_name, op, branch_id, plan_id, task_id,
                                         old_branch_id, old_plan_id, record, old_record)
         SELECT c.lsn::pg_lsn, c.tx_index, c.xid, c.commit_time, c.table_name, c.op,
-               NULLIF(c.branch, '')::uuid, NULLIF(c.plan, '')::uuid, NULLIF(c.task, '')::uuid,
+               NULLIF(c.branch, '')::uuid, \(planExpression), NULLIF(c.task, '')::uuid,
                NULLIF(c.old_branch, '')::uuid, NULLIF(c.old_plan, '')::uuid,
                CASE WHEN c.op IN ('DELETE', 'TRUNCATE') THEN '{}'::json ELSE \(typedRecord("c.new_row::json")) END,
                CASE c.op

@@ -63,6 +63,9 @@ public struct FeedPlacement: Sendable, Equatable {
     public var planColumn: String?
     /// The column naming the row's task, which a subscription's `task_id` filter matches; nil when there is none.
     public var taskColumn: String?
+    /// When the row names no plan but a task (an attachment of a task): its task's plan places it, as the relay finds it
+    /// when it logs the change.
+    public var planOfTask = false
 }
 
 /// The one registry of tables: for each, its REST path, its columns and which may be written, its policy resource, the
@@ -184,7 +187,7 @@ public struct TableSchema: Sendable {
         },
         writable: true,
         exactlyOneOf: ["plan_id", "task_id", "client_card_id"],
-        feed: FeedPlacement(planColumn: "plan_id", taskColumn: "task_id"),
+        feed: FeedPlacement(planColumn: "plan_id", taskColumn: "task_id", planOfTask: true),
         checkMessages: ["attachment_one_parent_check": "An attachment has exactly one parent: plan_id, task_id or client_card_id."]
     )
 
