@@ -307,6 +307,7 @@ async function loadRole(client) {
     const members = response.ok ? await response.json() : [];
     page.role = members.find((member) => member.user_id === client.userId)?.role ?? null;
     for (const member of members) if (member.display_name) page.names.set(member.user_id, member.display_name);
+    $("whoami").textContent = client.userId ? `You: ${ctx.nameOf(client.userId)}` : "";
   } catch {
     page.role = null;
   }
