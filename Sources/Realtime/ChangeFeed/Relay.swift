@@ -47,22 +47,19 @@ public struct Relay: Service {
         } catch {
             return
         }
-        var backoff = Duration.milliseconds(200)
+        var backoff = RelayBackoff(maximum: Self.maximumBackoff)
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let attempt = LeadAttempt()
             do {
                 try await cancelWhenGracefulShutdown { try await leadWhenElected(attempt) }
-                backoff = .milliseconds(200)
+                backoff.attemptEnded()
             } catch is CancellationError {
                 return
             } catch {
                 if Task.isShuttingDownGracefully || Task.isCancelled { return }
-                // Only failures in a row back off: a relay that was working when it failed retries at once.
-                if attempt.wasWorking(longerThan: Self.maximumBackoff) { backoff = .milliseconds(200) }
+                let delay = backoff.attemptFailed(wasWorking: attempt.wasWorking(longerThan: Self.maximumBackoff))
                 logger.warning("relay stopped; retrying", metadata: ["error": "\(String(reflecting: error))"])
-                let delay = backoff
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
-                backoff = min(backoff * 2, Self.maximumBackoff)
             }
         }
     }
