@@ -174,13 +174,14 @@ def iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def make_plan(config: Config, branch_id: str, title: str, task_titles: list[str]) -> tuple[str, list[str]]:
-    """Creates a plan with tasks an hour apart (as the service role); returns the plan id and the task ids in order."""
+def make_plan(config: Config, branch_id: str, title: str, task_titles: list[str], days: int = 7) -> tuple[str, list[str]]:
+    """Creates a plan of `days` days from today with tasks an hour apart (as the service role); returns the plan id and
+    the task ids in order."""
     today = dt.date.today()
     plan_id = str(uuid.uuid4())
     must(config, "POST", "/rest/v1/plans", config.service_token, {
         "id": plan_id, "branch_id": branch_id, "title": title,
-        "period_start": today.isoformat(), "period_end": (today + dt.timedelta(days=6)).isoformat(),
+        "period_start": today.isoformat(), "period_end": (today + dt.timedelta(days=days - 1)).isoformat(),
     })
     start = dt.datetime.combine(today, dt.time(8, 0), tzinfo=dt.timezone.utc)
     ids = []
@@ -639,11 +640,7 @@ class Suite:
         if count <= 0:
             return "skipped (REALTIME_BIG_PLAN_TASKS=0)"
         today = dt.date.today()
-        plan_id = str(uuid.uuid4())
-        must(self.config, "POST", "/rest/v1/plans", self.config.service_token, {
-            "id": plan_id, "branch_id": self.config.branch_id, "title": f"Big plan ({count} tasks)",
-            "period_start": today.isoformat(), "period_end": (today + dt.timedelta(days=30)).isoformat(),
-        })
+        plan_id, _ = make_plan(self.config, self.config.branch_id, f"Big plan ({count} tasks)", [], days=31)
         self.plans_made.append(plan_id)
         start = dt.datetime.combine(today, dt.time(0, 0), tzinfo=dt.timezone.utc)
 
@@ -980,11 +977,7 @@ class Suite:
         if count <= 0:
             return "skipped (REALTIME_BIG_PLAN_TASKS=0)"
         today = dt.date.today()
-        plan_id = str(uuid.uuid4())
-        must(self.config, "POST", "/rest/v1/plans", self.config.service_token, {
-            "id": plan_id, "branch_id": self.config.branch_id, "title": f"Busy month ({count} tasks)",
-            "period_start": today.isoformat(), "period_end": (today + dt.timedelta(days=27)).isoformat(),
-        })
+        plan_id, _ = make_plan(self.config, self.config.branch_id, f"Busy month ({count} tasks)", [], days=28)
         self.plans_made.append(plan_id)
         start = dt.datetime.combine(today, dt.time(0, 0))
         per_day = -(-count // 28)

@@ -94,7 +94,7 @@ extension HubState {
     func mayHear(plan branch: UUID?, _ subscriber: Subscriber) -> Bool {
         if mayRead(plan: branch, subscriber.principal) { return true }
         guard let branch, let admitted = subscriber.admittedMemberships, case .user(let userID) = subscriber.principal,
-            removedMemberships[MembershipChange.Member(userID: userID, branchID: branch)] == nil
+            !wasRemoved(userID, from: branch)
         else { return false }
         return Policy.decide(subscriber.principal, admitted, .read, .plan, inBranch: branch) == .allowed
     }

@@ -55,7 +55,7 @@ public final class Hub: Sendable {
     public func knows(_ userID: UUID, asMemberOf branch: UUID) -> Bool {
         state.withLock { state in
             state.memberships[userID]?.role(in: branch) != nil
-                || state.removedMemberships[MembershipChange.Member(userID: userID, branchID: branch)] != nil
+                || state.wasRemoved(userID, from: branch)
         }
     }
 

@@ -31,11 +31,16 @@ struct HubState {
         return memberships[userID] ?? Memberships()
     }
 
+    /// Whether the feed has removed this user's membership of this branch (within what ``removedMemberships`` keeps).
+    func wasRemoved(_ userID: UUID, from branch: UUID) -> Bool {
+        removedMemberships[MembershipChange.Member(userID: userID, branchID: branch)] != nil
+    }
+
     /// The database's memberships of a principal less those the feed has removed (the read may predate the removal).
     func stillHeld(_ database: Memberships, by principal: Principal) -> Memberships {
         guard case .user(let userID) = principal else { return database }
         var memberships = database
-        for branch in database.roles.keys where removedMemberships[MembershipChange.Member(userID: userID, branchID: branch)] != nil {
+        for branch in database.roles.keys where wasRemoved(userID, from: branch) {
             memberships.roles[branch] = nil
         }
         return memberships
