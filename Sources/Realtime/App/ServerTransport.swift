@@ -14,7 +14,7 @@ enum ServerTransport {
     static func builder(for configuration: Configuration, limits: ConnectionLimits) throws -> HTTPServerBuilder {
         let idleTimeout = Duration.seconds(configuration.idleTimeoutSeconds)
         let http1 = HTTP1Channel.Configuration(
-            additionalChannelHandlers: [limits.handler()],
+            additionalChannelHandlers: [limits.handler(), StreamSocketHandler()],
             idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds))
         )
         switch (configuration.tlsCertificatePath, configuration.tlsKeyPath) {

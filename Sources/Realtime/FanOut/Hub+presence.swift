@@ -14,6 +14,7 @@ extension Hub {
         state.withLock { state in
             let (change, stored) = state.presence.heartbeat(entry)
             if let change { state.fanOutEphemeral(SSEFrame.presence(change), on: .presence(plan: entry.planID), logger: logger) }
+            carryOut(&state)
             return stored
         }
     }
@@ -24,6 +25,7 @@ extension Hub {
         state.withLock { state in
             guard let change = state.presence.leave(plan: plan, user: user) else { return nil }
             state.fanOutEphemeral(SSEFrame.presence(change), on: .presence(plan: plan), logger: logger)
+            carryOut(&state)
             return change
         }
     }
@@ -36,6 +38,7 @@ extension Hub {
             for leave in leaves {
                 state.fanOutEphemeral(SSEFrame.presence(leave), on: .presence(plan: leave.entry.planID), logger: logger)
             }
+            carryOut(&state)
             return leaves.count
         }
     }
@@ -53,7 +56,10 @@ extension Hub {
     /// Sends a broadcast to the streams of its plan.
     public func broadcast(_ message: BroadcastMessage) {
         let frame = SSEFrame.broadcast(message)
-        state.withLock { $0.fanOutEphemeral(frame, on: .plan(message.planID), logger: logger) }
+        state.withLock { state in
+            state.fanOutEphemeral(frame, on: .plan(message.planID), logger: logger)
+            carryOut(&state)
+        }
     }
 
     /// The branch of a plan as the hub knows it, if it does.
@@ -65,26 +71,12 @@ extension Hub {
 extension HubState {
     /// Offers an ephemeral frame to every subscriber of a channel that may read the channel's plan now (the plan's
     /// branch as the hub knows it; the memberships as the feed has brought them, or as the database showed them at
-    /// admission and the feed has not removed since: see ``mayHear(plan:_:)``); one whose buffer is full is ended as
-    /// slow.
+    /// admission and the feed has not removed since: see ``mayHear(plan:_:)``).
     mutating func fanOutEphemeral(_ frame: ByteBuffer, on channel: Channel, logger: Logger) {
         guard let subscribers = index[channel] else { return }
         let branch = channel.planID.flatMap { planBranches[$0] }
-        var ended: [(Subscriber, EndReason?)] = []
-        for subscriber in subscribers.values {
-            guard mayHear(plan: branch, subscriber) else { continue }
-            switch subscriber.mailbox.offerEphemeral(frame) {
-            case .accepted: break
-            case .full: ended.append((subscriber, .slowConsumer))
-            case .closed: ended.append((subscriber, nil))
-            }
-        }
-        for (subscriber, reason) in ended {
-            if let reason {
-                end(subscriber, reason, logger: logger)
-            } else {
-                _ = remove(subscriber.id)
-            }
+        for subscriber in subscribers.values where mayHear(plan: branch, subscriber) {
+            outbox.append((subscriber, .ephemeral(frame)))
         }
     }
 

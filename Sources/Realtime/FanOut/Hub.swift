@@ -42,6 +42,7 @@ public final class Hub: Sendable {
                     state.end(subscriber, .revoked, logger: logger)
                 }
             }
+            carryOut(&state)
         }
     }
 
@@ -94,13 +95,40 @@ public final class Hub: Sendable {
         snapshot: Cursor.Snapshot? = nil,
         admittedWith databaseMemberships: Memberships? = nil
     ) throws(APIError) -> Subscription {
+        let mailbox = Mailbox(limit: bufferLimit, readThrough: cursor)
+        let id = try subscribe(
+            principal: principal,
+            channels: channels,
+            options: options,
+            expiresAt: expiresAt,
+            after: cursor,
+            snapshot: snapshot,
+            admittedWith: databaseMemberships,
+            outlet: .mailbox(mailbox)
+        )
+        mailbox.onTermination { [weak self] in self?.unsubscribe(id) }
+        return Subscription(id: id, channels: channels, deliveries: DeliveryStream(mailbox: mailbox))
+    }
+
+    /// Registers a subscriber whose deliveries go to `outlet`, like
+    /// ``subscribe(principal:channels:options:expiresAt:after:snapshot:admittedWith:)``. An event stream held at its
+    /// socket (``Outlet/socket(_:)``) has its deliveries written on the connection's event loop, held until
+    /// ``goLive(_:)``.
+    func subscribe(
+        principal: Principal,
+        channels: Set<Channel>,
+        options: SubscriptionOptions,
+        expiresAt: Date?,
+        after cursor: Int64,
+        snapshot: Cursor.Snapshot?,
+        admittedWith databaseMemberships: Memberships?,
+        outlet: Outlet
+    ) throws(APIError) -> SubscriptionID {
+        let id = SubscriptionID(rawValue: nextID.add(1, ordering: .relaxed).newValue)
         guard !channels.isEmpty else { throw .invalidParameter("Name at least one channel, e.g. channel=branch:<uuid>.") }
         guard channels.count <= Channel.maxPerSubscription else {
             throw .invalidParameter("A subscription takes at most \(Channel.maxPerSubscription) channels.")
         }
-        let id = SubscriptionID(rawValue: nextID.add(1, ordering: .relaxed).newValue)
-        let mailbox = Mailbox(limit: bufferLimit, readThrough: cursor)
-        mailbox.onTermination { [weak self] in self?.unsubscribe(id) }
         try state.withLock { (state) throws(APIError) in
             guard !state.isShutDown else { throw .notReady("The server is shutting down; reconnect shortly.") }
             let admitted = databaseMemberships.map { state.stillHeld($0, by: principal) }
@@ -113,25 +141,72 @@ public final class Hub: Sendable {
                 options: options,
                 admittedMemberships: admitted,
                 expiresAt: expiresAt,
-                mailbox: mailbox,
+                outlet: outlet,
                 lastSequence: cursor,
                 snapshot: snapshot
             )
             state.add(subscriber)
             for case .presence(let plan) in channels {
-                _ = mailbox.offerEphemeral(SSEFrame.presenceSync(plan: plan, entries: state.presence.present(on: plan)))
+                state.outbox.append((subscriber, .ephemeral(SSEFrame.presenceSync(plan: plan, entries: state.presence.present(on: plan)))))
             }
+            carryOut(&state)
         }
         logger.debug("subscribed", metadata: ["subscription": "\(id)", "principal": "\(principal)", "channels": "\(channels.count)"])
-        return Subscription(id: id, channels: channels, deliveries: DeliveryStream(mailbox: mailbox))
+        return id
+    }
+
+    /// The catch-up of a stream at a socket is written: from now on its deliveries are written as they come, except
+    /// those the catch-up wrote.
+    func goLive(_ id: SubscriptionID) {
+        state.withLock { state in
+            guard let subscriber = state.subscribers[id], case .socket(let outlet) = subscriber.outlet else { return }
+            outlet.goLive(through: subscriber.readThrough)
+        }
     }
 
     /// Removes a subscriber, e.g. when its response ends. Safe to call more than once.
     public func unsubscribe(_ id: SubscriptionID) {
         let removed = state.withLock { $0.remove(id) }
         if let removed {
-            removed.mailbox.terminate()
+            switch removed.outlet {
+            case .mailbox(let mailbox): mailbox.terminate()
+            case .socket(let outlet): outlet.close()
+            }
             logger.debug("unsubscribed", metadata: ["subscription": "\(id)"])
+        }
+    }
+
+    /// Sends what the state decided (``HubState/outbox``), still under the lock so that every subscriber gets its
+    /// deliveries in the order they were decided: to an in-process mailbox at once (one that is full ends the
+    /// subscriber as slow), to sockets in one batch per event loop, written there.
+    func carryOut(_ state: inout HubState) {
+        while !state.outbox.isEmpty {
+            let outbox = state.outbox
+            state.outbox.removeAll(keepingCapacity: true)
+            var byLoop: [ObjectIdentifier: (loop: any EventLoop, batch: [(SocketOutlet, Delivery)])] = [:]
+            for (subscriber, delivery) in outbox {
+                switch subscriber.outlet {
+                case .mailbox(let mailbox):
+                    switch mailbox.offer(delivery) {
+                    case .accepted: break
+                    case .full: state.end(subscriber, .slowConsumer, logger: logger)
+                    case .closed: _ = state.remove(subscriber.id)
+                    }
+                case .socket(let outlet):
+                    byLoop[ObjectIdentifier(outlet.eventLoop), default: (outlet.eventLoop, [])].batch.append((outlet, delivery))
+                }
+            }
+            for (loop, batch) in byLoop.values { SocketOutlet.deliver(batch, on: loop) }
+        }
+    }
+
+    /// How many subscribers are held at their socket (written by their connection's event loop, with no task of their
+    /// own) and how many are read by a task from a mailbox.
+    public var subscribersByHold: (atSocket: Int, readByTask: Int) {
+        state.withLock { state in
+            var atSocket = 0
+            for subscriber in state.subscribers.values { if case .socket = subscriber.outlet { atSocket += 1 } }
+            return (atSocket, state.subscribers.count - atSocket)
         }
     }
 
@@ -149,10 +224,21 @@ public final class Hub: Sendable {
     /// itself is delivered; a removed membership ends its user's subscriptions in that branch as `revoked` at once.
     /// A subscriber whose token expired by `now`, or whose buffer is full, is ended instead of being sent the event.
     public func publish(_ events: [ChangeEvent], now: Date = Date()) {
-        for event in events {
-            state.withLock { $0.publish(event, now: now, logger: logger) }
+        // Events go in slices, so that subscribing never waits long on the lock, while a socket is written once per
+        // slice: one `execute` per event loop, each subscriber's frames of the slice in one write.
+        var start = events.startIndex
+        while start < events.endIndex {
+            let end = min(start + Self.publishSlice, events.endIndex)
+            state.withLock { state in
+                for event in events[start..<end] { state.publish(event, now: now, logger: logger) }
+                carryOut(&state)
+            }
+            start = end
         }
     }
+
+    /// How many events one hold of the lock publishes.
+    static let publishSlice = 64
 
     /// The frames of events read back from the event log for one subscriber that resumes from a cursor, filtered like
     /// live events but by the memberships the user had **at each event's position** (`history`, which this advances
@@ -166,16 +252,18 @@ public final class Hub: Sendable {
         state.withLock { state in
             guard let subscriber = state.subscribers[id] else { return [] }
             var frames: [Delivery] = []
-            var readThrough = subscriber.mailbox.readThrough
+            var readThrough = subscriber.readThrough
             for event in events where event.sequence > readThrough {
                 if let ended = history?.apply(event), !ended.isDisjoint(with: subscriber.branches) {
-                    subscriber.mailbox.markRead(through: readThrough)
+                    subscriber.markRead(through: readThrough)
                     state.end(subscriber, .revoked, logger: logger)
+                    carryOut(&state)
                     return frames
                 }
                 if subscriber.isReset(by: event) {
-                    subscriber.mailbox.markRead(through: readThrough)
+                    subscriber.markRead(through: readThrough)
                     state.end(subscriber, .reset, logger: logger)
+                    carryOut(&state)
                     return frames
                 }
                 subscriber.noteSnapshotSettling(event)
@@ -191,7 +279,7 @@ public final class Hub: Sendable {
                 }
             }
             if let last = events.last?.sequence, last > readThrough { readThrough = last }
-            subscriber.mailbox.markRead(through: readThrough)
+            subscriber.markRead(through: readThrough)
             subscriber.lastSequence = max(subscriber.lastSequence, readThrough)
             return frames
         }
@@ -205,14 +293,17 @@ public final class Hub: Sendable {
         state.withLock { state in
             let expired = state.subscribers.values.filter { $0.isExpired(at: now) }
             for subscriber in expired { state.end(subscriber, .tokenExpired, logger: logger) }
+            carryOut(&state)
             return expired.count
         }
     }
 
-    /// Gives each idle subscriber a `.keepalive` delivery, to write ``SSEFrame/keepalive``; call it every 15 s or so.
+    /// Gives each subscriber a `.keepalive` delivery: one that was idle since the last round writes
+    /// ``SSEFrame/keepalive``. Call it every 15 s or so; streams at sockets get it in one batch per event loop.
     public func sendKeepalives() {
         state.withLock { state in
-            for subscriber in state.subscribers.values { subscriber.mailbox.offerKeepalive() }
+            for subscriber in state.subscribers.values { state.outbox.append((subscriber, .keepalive)) }
+            carryOut(&state)
         }
     }
 
@@ -221,6 +312,7 @@ public final class Hub: Sendable {
         state.withLock { state in
             state.isShutDown = true
             for subscriber in Array(state.subscribers.values) { state.end(subscriber, .shutdown, logger: logger) }
+            carryOut(&state)
         }
     }
 }

@@ -22,6 +22,9 @@ struct HubState {
     var presence = PresenceBook()
     /// Scratch list of the subscribers one event reaches, kept to reuse its storage.
     var reached: [Subscriber] = []
+    /// What to send to whom, in order, as decided under the lock: the hub carries it out (``Hub/carryOut(_:)``) before
+    /// it lets go of the lock.
+    var outbox: [(Subscriber, Delivery)] = []
     /// Subscribers resumed from a snapshot's cursor whose snapshot no event has settled yet: every event is shown to
     /// them, delivered to them or not.
     var unsettledSnapshots: [SubscriptionID: Subscriber] = [:]
@@ -98,7 +101,7 @@ struct HubState {
     }
 
     mutating func end(_ subscriber: Subscriber, _ reason: EndReason, logger: Logger) {
-        subscriber.mailbox.end(reason)
+        outbox.append((subscriber, .end(reason: reason)))
         _ = remove(subscriber.id)
         logger.debug("subscription ended", metadata: ["subscription": "\(subscriber.id)", "reason": "\(reason)"])
     }
@@ -130,33 +133,22 @@ struct HubState {
         }
         guard !reached.isEmpty else { return }
         let committedAt = event.commitTime.timeIntervalSince1970
-        var ended: [(Subscriber, EndReason?)] = []
         for subscriber in reached {
             let mask = subscriber.deliveryMask
             subscriber.deliveryMask = 0
             guard event.sequence > subscriber.lastSequence else { continue }
             if let snapshot = subscriber.snapshot, snapshot.sawCommitted(event.xid) { continue }
             if subscriber.isExpired(at: now) {
-                ended.append((subscriber, .tokenExpired))
+                end(subscriber, .tokenExpired, logger: logger)
                 continue
             }
             let memberships = memberships(of: subscriber.principal)
             guard let shared = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) else { continue }
             let bytes = subscriber.frame(shared, sequence: event.sequence)
-            switch subscriber.mailbox.offer(bytes, sequence: event.sequence, committedAt: committedAt) {
-            case .accepted: subscriber.lastSequence = event.sequence
-            case .full: ended.append((subscriber, .slowConsumer))
-            case .closed: ended.append((subscriber, nil))
-            }
+            outbox.append((subscriber, .frame(bytes, sequence: event.sequence, committedAt: committedAt)))
+            subscriber.lastSequence = event.sequence
         }
         reached.removeAll(keepingCapacity: true)
-        for (subscriber, reason) in ended {
-            if let reason {
-                end(subscriber, reason, logger: logger)
-            } else {
-                _ = remove(subscriber.id)
-            }
-        }
     }
 
     /// A table emptied at once: a TRUNCATE of `branch_member` ends every membership (every user's subscription ends as

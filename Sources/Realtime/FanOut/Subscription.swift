@@ -31,7 +31,10 @@ final class Subscriber {
     /// them: they let it hear presence and broadcasts, which are of the present, before a lagging feed brings the grant.
     let admittedMemberships: Memberships?
     let expiresAt: Date?
-    let mailbox: Mailbox
+    /// Where its deliveries go.
+    let outlet: Outlet
+    /// For a stream at a socket: the highest sequence its catch-up wrote.
+    private var caughtUpThrough: Int64
     /// The highest sequence offered to it; it is never offered that or an earlier one again.
     var lastSequence: Int64
     /// For a subscription that resumes from a snapshot's cursor: the transactions the snapshot already holds.
@@ -51,7 +54,7 @@ final class Subscriber {
         options: SubscriptionOptions,
         admittedMemberships: Memberships? = nil,
         expiresAt: Date?,
-        mailbox: Mailbox,
+        outlet: Outlet,
         lastSequence: Int64,
         snapshot: Cursor.Snapshot? = nil
     ) {
@@ -64,8 +67,25 @@ final class Subscriber {
         self.branches = branches
         self.options = options
         self.expiresAt = expiresAt
-        self.mailbox = mailbox
+        self.outlet = outlet
         self.lastSequence = lastSequence
+        self.caughtUpThrough = lastSequence
+    }
+
+    /// The highest sequence its reader has (from a catch-up, or live); catch-ups skip up to it.
+    var readThrough: Int64 {
+        switch outlet {
+        case .mailbox(let mailbox): mailbox.readThrough
+        case .socket: caughtUpThrough
+        }
+    }
+
+    /// Records that its reader wrote frames up to `sequence` from a catch-up.
+    func markRead(through sequence: Int64) {
+        switch outlet {
+        case .mailbox(let mailbox): mailbox.markRead(through: sequence)
+        case .socket: caughtUpThrough = max(caughtUpThrough, sequence)
+        }
     }
 
     func isExpired(at now: Date) -> Bool { expiresAt.map { $0 <= now } ?? false }

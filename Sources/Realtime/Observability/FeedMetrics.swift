@@ -10,6 +10,10 @@ public final class FeedMetrics: Sendable {
     let eventsIn: Counter
     let framesOut: Counter
     let openStreams: Gauge
+    /// Subscribers by how they are held: `socket` (an event stream written by its connection's event loop, no task of
+    /// its own) or `task` (a mailbox an in-process task reads). Read from the hub at each scrape.
+    let subscribersAtSocket: Gauge
+    let subscribersReadByTask: Gauge
     let relayLagBytes: Gauge
     let slotRetainedWALBytes: Gauge
     private let delays: [String: ValueHistogram]
@@ -34,6 +38,16 @@ public final class FeedMetrics: Sendable {
         eventsIn = registry.makeCounter(name: "realtime_events_in_total", help: "Events read from the event log by this node.")
         framesOut = registry.makeCounter(name: "realtime_frames_out_total", help: "Change frames written to streams.")
         openStreams = registry.makeGauge(name: "realtime_open_streams", help: "Server-Sent Events streams open on this node.")
+        subscribersAtSocket = registry.makeGauge(
+            name: "realtime_subscribers",
+            labels: [("held", "socket")],
+            help: "Subscribers by how they are held: at their socket by the event loop, or read by a task of their own."
+        )
+        subscribersReadByTask = registry.makeGauge(
+            name: "realtime_subscribers",
+            labels: [("held", "task")],
+            help: "Subscribers by how they are held: at their socket by the event loop, or read by a task of their own."
+        )
         relayLagBytes = registry.makeGauge(
             name: "realtime_relay_lag_bytes",
             help: "WAL bytes between the server's current position and what the relay has confirmed (read at each scrape)."

@@ -3,7 +3,8 @@ import NIOCore
 import PostgresNIO
 import Prometheus
 
-/// `GET /metrics`: the change feed's figures in Prometheus' text format, with the relay's lag read at each scrape.
+/// `GET /metrics`: the change feed's figures in Prometheus' text format, with the relay's lag and the hub's subscribers read at
+/// each scrape.
 struct MetricsController {
     let metrics: FeedMetrics
     let hub: Hub
@@ -22,6 +23,9 @@ struct MetricsController {
             ).first?.decode((Double?, Double?).self)
             if let lag = slotState?.0 { metrics.relayLagBytes.set(to: lag) }
             if let retained = slotState?.1 { metrics.slotRetainedWALBytes.set(to: retained) }
+            let held = hub.subscribersByHold
+            metrics.subscribersAtSocket.set(to: Double(held.atSocket))
+            metrics.subscribersReadByTask.set(to: Double(held.readByTask))
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))

@@ -139,6 +139,18 @@ final class Mailbox: Sendable {
         waiter?.resume(returning: .keepalive)
     }
 
+    /// Offers any delivery: a frame, an ephemeral frame, a keepalive or the end.
+    func offer(_ delivery: Delivery) -> OfferResult {
+        switch delivery {
+        case .frame(let bytes, let sequence, let committedAt): return offer(bytes, sequence: sequence, committedAt: committedAt)
+        case .ephemeral(let bytes): return offerEphemeral(bytes)
+        case .keepalive:
+            offerKeepalive()
+            return .accepted
+        case .end(let reason): return end(reason) ? .accepted : .closed
+        }
+    }
+
     /// Records that the reader wrote frames up to `sequence` itself, so that buffered or later copies are skipped.
     func markRead(through sequence: Int64) {
         state.withLock { $0.readThrough = max($0.readThrough, sequence) }

@@ -59,22 +59,43 @@ struct StreamController {
         }
         let cursor = parsedCursor
         let memberships = try await learnAccess(of: principal, to: Set(channels))
-        let subscription = try hub.subscribe(
-            principal: principal,
-            channels: Set(channels),
-            options: options,
-            expiresAt: expiresAt,
-            after: cursor?.sequence ?? 0,
-            snapshot: cursor?.snapshot,
-            admittedWith: memberships
+        let outlet = try await SocketOutlet.attach(
+            to: context.channel,
+            readThrough: cursor?.sequence ?? 0,
+            limit: hub.bufferLimit,
+            metrics: metrics,
+            shutdownRetry: shutdownRetry
         )
-        let needsReset = try await isBeyondRetention(cursor)
+        let subscription: SubscriptionID
+        let needsReset: Bool
+        do {
+            subscription = try hub.subscribe(
+                principal: principal,
+                channels: Set(channels),
+                options: options,
+                expiresAt: expiresAt,
+                after: cursor?.sequence ?? 0,
+                snapshot: cursor?.snapshot,
+                admittedWith: memberships,
+                outlet: .socket(outlet)
+            )
+        } catch {
+            outlet.close()
+            throw error
+        }
+        do {
+            needsReset = try await isBeyondRetention(cursor)
+        } catch {
+            hub.unsubscribe(subscription)
+            throw error
+        }
         let logger = context.logger
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream; charset=utf-8"
         headers[.cacheControl] = "no-cache, no-transform"
         headers[HTTPField.Name("X-Accel-Buffering")!] = "no"
         let retry = retryMilliseconds + Int.random(in: 0...retryMilliseconds)
+        let streamChannels = Set(channels)
         return Response(
             status: .ok,
             headers: headers,
@@ -82,9 +103,11 @@ struct StreamController {
                 metrics.streamOpened()
                 var endedBy = "client_closed"
                 defer {
-                    hub.unsubscribe(subscription.id)
+                    hub.unsubscribe(subscription)
                     metrics.streamClosed(endedBy)
                 }
+                // The head and the first frame go through Hummingbird's writer; its writes are handed to the event loop
+                // before it returns, so the outlet's writes (submitted to the same loop after) come after them.
                 try await writer.write(SSEFrame.retry(milliseconds: retry))
                 if needsReset {
                     try await writer.write(SSEFrame.control(.reset, reason: "The cursor is older than the event log's retention: load a snapshot."))
@@ -95,65 +118,41 @@ struct StreamController {
                     // What the user may replay is what they could see when it happened: the memberships they had at
                     // each event's position, not today's.
                     var history = try await Self.history(of: principal, after: cursor.sequence, database: database)
-                    let memberBranches = hub.branches(of: subscription.channels)
+                    let memberBranches = hub.branches(of: streamChannels)
                     var after = cursor.sequence
                     while true {
                         let (events, _) = try await EventLog.read(
                             after: after,
                             limit: Self.catchUpBatch,
-                            channels: subscription.channels,
+                            channels: streamChannels,
                             memberBranches: memberBranches,
                             client: database.client,
                             logger: logger
                         )
                         guard let last = events.last else { break }
-                        let frames = hub.catchUp(subscription.id, with: events, history: &history).compactMap(\.frameBytes)
-                        try await writer.write(contentsOf: SSEFrame.coalesced(frames))
+                        let frames = hub.catchUp(subscription, with: events, history: &history).compactMap(\.frameBytes)
+                        let goesOn = try await outlet.writeCatchUp(frames)
                         metrics.framesWritten(frames.count)
+                        guard goesOn else { break }
                         after = last.sequence
                         if events.count < Self.catchUpBatch { break }
                     }
                 }
-                // A stream lasts until the client leaves (its side of the connection closes: we stop at once rather than
-                // at the next write), the hub ends it, or the server shuts down gracefully — so that shutting down never
-                // waits on open streams.
+                // From here the hub's deliveries are written at the socket by its event loop; this task only waits for
+                // the end: the client leaves (its side of the connection closes: we stop at once rather than at the next
+                // write), the hub or the outlet ends the stream, or the server shuts down gracefully — so that shutting
+                // down never waits on open streams. The outlet has written the end frame by then.
+                hub.goLive(subscription)
                 let ended: EndReason? = try await request.body.consumeWithInboundCloseHandler { _ in
                     try await withGracefulShutdownHandler {
-                        for await delivery in subscription.deliveries {
-                            switch delivery {
-                            case .frame, .ephemeral:
-                                // What else is buffered goes out in the same write, up to an end.
-                                var batch = LiveBatch()
-                                batch.append(delivery)
-                                var ended: EndReason?
-                                for more in subscription.deliveries.availableDeliveries(limit: 64) {
-                                    if case .end(let reason) = more {
-                                        ended = reason
-                                        break
-                                    }
-                                    batch.append(more)
-                                }
-                                try await writer.write(contentsOf: SSEFrame.coalesced(batch.frames))
-                                metrics.framesWritten(batch.frames.count, commitTimes: batch.commitTimes)
-                                if let ended { return ended }
-                            case .keepalive:
-                                try await writer.write(SSEFrame.keepalive)
-                            case .end(let reason):
-                                return reason
-                            }
-                        }
-                        return Task.isShuttingDownGracefully ? .shutdown : nil
+                        try await outlet.ended.get()
                     } onGracefulShutdown: {
-                        hub.unsubscribe(subscription.id)
+                        outlet.end(.shutdown)
                     }
                 } onInboundClosed: {
-                    hub.unsubscribe(subscription.id)
+                    hub.unsubscribe(subscription)
                 }
-                if let ended {
-                    endedBy = ended.metricLabel
-                    if ended == .shutdown { try await writer.write(SSEFrame.retry(milliseconds: shutdownRetry())) }
-                    try await writer.write(SSEFrame.end(ended))
-                }
+                if let ended { endedBy = ended.metricLabel }
                 try await writer.finish(nil)
             }
         )
@@ -274,22 +273,6 @@ struct StreamController {
             return false
         }
         return cursor.sequence < oldest - 1
-    }
-}
-
-/// Frames a live stream writes at once, with the commit times of its change frames (for the delay objective).
-struct LiveBatch {
-    var frames: [ByteBuffer] = []
-    var commitTimes: [Double] = []
-
-    mutating func append(_ delivery: Delivery) {
-        switch delivery {
-        case .frame(let bytes, _, let committedAt):
-            frames.append(bytes)
-            commitTimes.append(committedAt)
-        case .ephemeral(let bytes): frames.append(bytes)
-        case .keepalive, .end: break
-        }
     }
 }
 
