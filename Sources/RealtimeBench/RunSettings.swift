@@ -40,6 +40,9 @@ struct LoadOptions: ParsableArguments {
     @Option(help: "Pid of PostgreSQL's postmaster: its and its backends' CPU is reported as database CPU.")
     var databasePid: Int32?
 
+    @Option(help: "The server's data dir: PostgreSQL's postmaster is found from its postgres/postmaster.pid (when no --database-pid).")
+    var dataDir: String?
+
     @Option(help: "Where to write the JSON report.")
     var jsonOut: String?
 
@@ -70,12 +73,9 @@ struct ResourceProbes: Sendable {
 
     init(options: LoadOptions, serverHasChildren: Bool) {
         server = options.serverPid.map { ProcessProbe(pid: $0, includesChildren: serverHasChildren) }
-        database = options.databasePid.map { ProcessProbe(pid: $0, includesChildren: true) }
-    }
-
-    /// CPU windows for the server, database and tool, opened now.
-    func openWindow() -> (server: ResourceWindow, database: ResourceWindow, tool: ResourceWindow, started: ContinuousClock.Instant) {
-        (ResourceWindow(server), ResourceWindow(database), ResourceWindow(tool), ContinuousClock.now)
+        database =
+            options.databasePid.map { ProcessProbe(pid: $0, includesChildren: true) }
+            ?? options.dataDir.flatMap { ProcessProbe.postmaster(dataDir: $0) }
     }
 }
 
