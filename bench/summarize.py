@@ -82,14 +82,16 @@ def main():
     lines.append("")
     lines.append(f"Machine: {m['cpus']} × {m['cpu_model']}, {m['memory']}, Linux {m['kernel']}; {m['swift']}; {m['nginx']}; {m['postgres']}.")
     lines.append("")
-    lines.append("Delays in ms as p50 / p95 / p99 / max. Realtime: commit timestamp → receipt, and write request sent → receipt; "
+    streamed = [run for run in runs if run.get("mode") != "writes"]
+    table = lines if streamed else []
+    table.append("Delays in ms as p50 / p95 / p99 / max. Realtime: commit timestamp → receipt, and write request sent → receipt; "
                  "nchan: publish sent → receipt (both columns); floor: NOTIFY statement → LISTEN receipt. Realtime writes are "
                  "editors' REST writes; expected deliveries come from the acknowledged writes, never from the server's log.")
-    lines.append("")
-    lines.append("| scenario | server | subscribers / channels | writes/s asked → done | deliveries/s | commit → receipt | send → receipt "
+    table.append("")
+    table.append("| scenario | server | subscribers / channels | writes/s asked → done | deliveries/s | commit → receipt | send → receipt "
                  "| expected | delivered | missing | dup | misdelivered | unmatched | withheld (correctly) | disconnects "
                  "| neg. controls refused | KiB / idle sub | server µs / delivery | tool µs / frame |")
-    lines.append("|" + "---|" * 19)
+    table.append("|" + "---|" * 19)
     writes_only = []
     for run in runs:
         if run.get("mode") == "failed":
@@ -114,7 +116,7 @@ def main():
             f"| {fmt(per_sub / 1024 if per_sub is not None else None)} | {fmt(cpu.get('server_us_per_delivery'))} "
             f"| {fmt(cpu.get('tool_us_per_frame'))} |"
         )
-    lines.append("")
+    table.append("")
     if writes_only:
         lines.append("Writes only (W: editors' task writes through REST, closed loop, no subscribers; CPU per acknowledged write, "
                      "over the writes and the feed catching up):")

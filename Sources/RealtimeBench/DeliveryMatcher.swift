@@ -42,27 +42,8 @@ struct DeliveryMatcher {
         for (number, outcome) in outcomes.enumerated() {
             let me = Int32(number)
             let target = outcome.target
-            if target.isNegativeControl {
-                check.negativeControls += 1
-                if outcome.status == 404 {
-                    check.negativeControlsRefused += 1
-                } else if outcome.status == 200 {
-                    check.negativeControlsLeaked += 1
-                    check.misdelivered += outcome.receipts.count
-                }
-                continue
-            }
-            guard outcome.status == 200, let scope = target.scope else {
-                if outcome.status == nil || outcome.status == -1 { check.subscribersFailed += 1 } else { check.subscribersRefused += 1 }
-                continue
-            }
-            check.subscribersOpen += 1
+            guard check.admit(outcome), let scope = target.scope else { continue }
             check.subscribersByKind[target.kind, default: 0] += 1
-            if outcome.disconnected {
-                check.disconnects += 1
-                check.disconnectReasons[outcome.endReason ?? "unknown", default: 0] += 1
-            }
-            for name in outcome.controlEvents { check.controlEvents[name, default: 0] += 1 }
             let expected = ledger.expectedCount(scope)
             check.expected += expected
             check.withheld += ledger.total - expected

@@ -15,6 +15,7 @@ struct RealtimeScenario: AsyncParsableCommand {
     )
 
     @OptionGroup var options: LoadOptions
+    @OptionGroup var writing: WriteOptions
 
     @Option(help: "Branches the plans are spread over (at least 2 for the negative controls).")
     var branches = 10
@@ -31,18 +32,6 @@ struct RealtimeScenario: AsyncParsableCommand {
     @Option(help: "Roles of the subscribing users in percent, e.g. viewer=80,editor=15,admin=5.")
     var roles = "viewer=80,editor=15,admin=5"
 
-    @Option(help: "Editors per branch who make the writes (each write on a plan carries the token of an editor of its branch).")
-    var editorsPerBranch = 4
-
-    @Option(help: "Write mix in percent, e.g. insert=30,update=30,status_change=25,delete=15.")
-    var mix = "insert=30,update=30,status_change=25,delete=15"
-
-    @Option(help: "Tasks made in every plan before the measurement.")
-    var tasksPerPlan = 5
-
-    @Option(help: "File with the server's JWT secret (the embedded server's <data-dir>/jwt-secret); REALTIME_JWT_SECRET wins.")
-    var jwtSecretFile: String?
-
     @Option(help: "Concurrent REST requests while creating branches, users, plans and tasks.")
     var setupConcurrency = 32
 
@@ -51,10 +40,10 @@ struct RealtimeScenario: AsyncParsableCommand {
 
     func run() async throws {
         let (host, port) = try options.loopbackEndpoint()
-        let mix = try WriteMix(parsing: mix)
+        let mix = try WriteMix(parsing: writing.mix)
         let roles = try RoleMix(parsing: roles)
         guard branches >= 2 || negativeShare == 0 else { throw BenchError("Negative controls need at least 2 branches.") }
-        let minter = try TokenMinter.load(secretFile: jwtSecretFile)
+        let minter = try TokenMinter.load(secretFile: writing.jwtSecretFile)
         let receivers = options.makeGroup()
         let writers = MultiThreadedEventLoopGroup(numberOfThreads: max(1, writerThreads))
         let http = RestClient.makeHTTPClient(group: writers, connections: max(options.maxInFlight, setupConcurrency))
@@ -88,8 +77,8 @@ struct RealtimeScenario: AsyncParsableCommand {
             branches: branches,
             plans: options.channels,
             members: subscribers.map(\.member),
-            editorsPerBranch: editorsPerBranch,
-            tasksPerPlan: tasksPerPlan,
+            editorsPerBranch: writing.editorsPerBranch,
+            tasksPerPlan: writing.tasksPerPlan,
             concurrency: setupConcurrency
         )
         let fixture = try await Fixture.create(shape, ids: ids, rest: service, log: log)
@@ -155,11 +144,11 @@ struct RealtimeScenario: AsyncParsableCommand {
             settings: .init(
                 subscribers: options.subscribers, channels: options.channels, branches: branches, writesPerSecond: options.rate,
                 durationSeconds: options.duration, negativeControlShare: negativeShare, mix: mix, payloadBytes: nil, toolThreads: options.threads,
-                roles: roles, editorsPerBranch: editorsPerBranch),
+                roles: roles, editorsPerBranch: writing.editorsPerBranch),
             connect: connect.report,
             memory: end.memory(connect),
             cpu: end.cpu(connect, delivered: result.check.delivered, writes: ledger.writes.count),
-            writes: .summary(of: writes, seconds: writeSeconds, writtenAs: "editors (\(editorsPerBranch) per branch)"),
+            writes: .summary(of: writes, seconds: writeSeconds, writtenAs: "editors (\(writing.editorsPerBranch) per branch)"),
             feed: .init(
                 events: events.count, writesInFeed: attribution.writesInFeed, writesMissingFromFeed: attribution.writesMissingFromFeed,
                 unmatchedEvents: attribution.unmatchedEvents, eventsPerWriteKind: attribution.eventsPerWriteKind),

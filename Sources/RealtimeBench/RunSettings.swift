@@ -65,6 +65,21 @@ struct LoadOptions: ParsableArguments {
     }
 }
 
+/// The options of the scenarios that write tasks as editors (the realtime S scenarios and W).
+struct WriteOptions: ParsableArguments {
+    @Option(help: "Editors per branch who make the writes (each write on a plan carries the token of an editor of its branch).")
+    var editorsPerBranch = 4
+
+    @Option(help: "Write mix in percent, e.g. insert=30,update=30,status_change=25,delete=15.")
+    var mix = "insert=30,update=30,status_change=25,delete=15"
+
+    @Option(help: "Tasks made in every plan before the measurement.")
+    var tasksPerPlan = 5
+
+    @Option(help: "File with the server's JWT secret (the embedded server's <data-dir>/jwt-secret); REALTIME_JWT_SECRET wins.")
+    var jwtSecretFile: String?
+}
+
 /// Resource readings before and after the measured window.
 struct ResourceProbes: Sendable {
     let server: ProcessProbe?

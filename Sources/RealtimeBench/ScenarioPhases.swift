@@ -107,7 +107,7 @@ struct WindowEnd {
             databaseSeconds: databaseCPU,
             serverMicrosecondsPerDelivery: per(serverCPU, delivered),
             serverIdleSecondsWhileConnected: connect?.serverIdleCPU,
-            toolReceiveSeconds: toolReceiveCPU,
+            toolReceiveSeconds: framesReceived > 0 ? toolReceiveCPU : nil,
             framesReceived: framesReceived,
             toolMicrosecondsPerFrame: per(toolCPU, framesReceived),
             toolReceiveMicrosecondsPerFrame: per(toolReceiveCPU, framesReceived),

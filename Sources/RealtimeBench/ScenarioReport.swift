@@ -157,8 +157,8 @@ struct ScenarioReport: Codable, Sendable {
         add("scenario", "\(name) (\(mode))")
         add(
             "settings",
-            "\(settings.subscribers) subscribers, \(settings.channels) channels, \(settings.writesPerSecond)/s for \(settings.durationSeconds) s"
-                + (settings.writers.map { ", \($0) writers (closed loop)" } ?? "")
+            settings.writers.map { "\($0) writers (closed loop), \(settings.channels) plans, for \(settings.durationSeconds) s" }
+                ?? "\(settings.subscribers) subscribers, \(settings.channels) channels, \(settings.writesPerSecond)/s for \(settings.durationSeconds) s"
         )
         if let connect { add("connect", String(format: "%.1f s (%.0f/s)", connect.seconds, connect.perSecond)) }
         add(

@@ -65,14 +65,12 @@ struct RoleMix: Sendable, Codable {
 
     /// Parses `viewer=80,editor=15,admin=5`.
     init(parsing text: String) throws {
-        for part in text.split(separator: ",") {
-            let pair = part.split(separator: "=")
-            guard pair.count == 2, let value = Int(pair[1]), value >= 0 else { throw BenchError("--roles takes role=percent pairs; got '\(part)'.") }
-            switch pair[0] {
+        for (name, value) in try percentPairs(text, option: "--roles") {
+            switch name {
             case "viewer": viewer = value
             case "editor": editor = value
             case "admin": admin = value
-            default: throw BenchError("--roles knows viewer, editor and admin; got '\(pair[0])'.")
+            default: throw BenchError("--roles knows viewer, editor and admin; got '\(name)'.")
             }
         }
         guard viewer + editor + admin > 0 else { throw BenchError("--roles must not be all zero.") }

@@ -9,8 +9,8 @@ import NIOCore
 /// The load tool's own CPU: the whole process (`getrusage`), and the event-loop threads that receive the frames alone
 /// (each thread's CPU clock, read on that thread), so that the cost per frame received is known apart from the writes.
 struct ToolCPU: Sendable {
-    /// The receiving event loops.
-    let receivers: any EventLoopGroup
+    /// The receiving event loops (none in W, which receives no frames).
+    let receivers: (any EventLoopGroup)?
 
     /// A reading at one moment.
     struct Reading: Sendable {
@@ -29,7 +29,7 @@ struct ToolCPU: Sendable {
     /// Reads both now.
     func read() async -> Reading {
         var receiving = 0.0
-        for loop in receivers.makeIterator() {
+        for loop in receivers?.makeIterator() ?? EventLoopIterator([]) {
             receiving += (try? await loop.submit { Self.threadSeconds() }.get()) ?? 0
         }
         return Reading(process: Self.processSeconds(), receivers: receiving)

@@ -92,6 +92,34 @@ struct DeliveryCheck: Codable, Sendable {
     }
 }
 
+extension DeliveryCheck {
+    /// Counts a stream's answer: a negative control refused or leaked, a subscriber refused or failed, or one open
+    /// (with its disconnect and control events). True when its frames are to be checked.
+    mutating func admit(_ outcome: SubscriberOutcome) -> Bool {
+        if outcome.target.isNegativeControl {
+            negativeControls += 1
+            if outcome.status == 404 {
+                negativeControlsRefused += 1
+            } else if outcome.status == 200 {
+                negativeControlsLeaked += 1
+                misdelivered += outcome.receipts.count
+            }
+            return false
+        }
+        guard outcome.status == 200 else {
+            if outcome.status == nil || outcome.status == -1 { subscribersFailed += 1 } else { subscribersRefused += 1 }
+            return false
+        }
+        subscribersOpen += 1
+        if outcome.disconnected {
+            disconnects += 1
+            disconnectReasons[outcome.endReason ?? "unknown", default: 0] += 1
+        }
+        for name in outcome.controlEvents { controlEvents[name, default: 0] += 1 }
+        return true
+    }
+}
+
 /// Compares every subscriber's receipts with the expected events of its channel by sequence number, and measures the
 /// delays: the nchan peer's check, whose messages carry the publisher's own sequence numbers.
 struct Verifier {
@@ -122,26 +150,7 @@ struct Verifier {
         var frameBytes = 0
         var frames = 0
         for outcome in outcomes {
-            if outcome.target.isNegativeControl {
-                check.negativeControls += 1
-                if outcome.status == 404 {
-                    check.negativeControlsRefused += 1
-                } else if outcome.status == 200 {
-                    check.negativeControlsLeaked += 1
-                    check.misdelivered += outcome.receipts.count
-                }
-                continue
-            }
-            guard outcome.status == 200 else {
-                if outcome.status == nil || outcome.status == -1 { check.subscribersFailed += 1 } else { check.subscribersRefused += 1 }
-                continue
-            }
-            check.subscribersOpen += 1
-            if outcome.disconnected {
-                check.disconnects += 1
-                check.disconnectReasons[outcome.endReason ?? "unknown", default: 0] += 1
-            }
-            for name in outcome.controlEvents { check.controlEvents[name, default: 0] += 1 }
+            guard check.admit(outcome) else { continue }
             let channel = outcome.target.channel
             check.expected += perChannel[channel] ?? 0
             var seen = Set<Int64>()

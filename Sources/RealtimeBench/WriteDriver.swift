@@ -10,6 +10,15 @@ enum WriteKind: String, Codable, Sendable, CaseIterable {
     case delete
 }
 
+/// `name=percent` pairs, comma-separated, as `--mix` and `--roles` take them.
+func percentPairs(_ text: String, option: String) throws -> [(name: String, value: Int)] {
+    try text.split(separator: ",").map { part in
+        let pair = part.split(separator: "=")
+        guard pair.count == 2, let value = Int(pair[1]), value >= 0 else { throw BenchError("\(option) takes name=percent pairs; got '\(part)'.") }
+        return (String(pair[0]), value)
+    }
+}
+
 /// How often each kind of write is chosen, in percent.
 struct WriteMix: Sendable, Codable {
     var insert = 30
@@ -19,10 +28,9 @@ struct WriteMix: Sendable, Codable {
 
     /// Parses `insert=30,update=30,status_change=25,delete=15`.
     init(parsing text: String) throws {
-        for part in text.split(separator: ",") {
-            let pair = part.split(separator: "=")
-            guard pair.count == 2, let value = Int(pair[1]), value >= 0, let kind = WriteKind(rawValue: String(pair[0])) else {
-                throw BenchError("--mix takes kind=percent pairs of insert, update, status_change and delete; got '\(part)'.")
+        for (name, value) in try percentPairs(text, option: "--mix") {
+            guard let kind = WriteKind(rawValue: name) else {
+                throw BenchError("--mix knows insert, update, status_change and delete; got '\(name)'.")
             }
             switch kind {
             case .insert: insert = value

@@ -14,6 +14,7 @@ struct WriteScenario: AsyncParsableCommand {
     )
 
     @OptionGroup var options: LoadOptions
+    @OptionGroup var writing: WriteOptions
 
     @Option(help: "Concurrent writers (each one request in flight, on its own keep-alive connection).")
     var writers = 16
@@ -21,25 +22,13 @@ struct WriteScenario: AsyncParsableCommand {
     @Option(help: "Branches the plans (--channels) are spread over.")
     var branches = 4
 
-    @Option(help: "Editors per branch; each write on a plan carries the token of an editor of its branch.")
-    var editorsPerBranch = 4
-
-    @Option(help: "Write mix in percent, e.g. insert=30,update=30,status_change=25,delete=15.")
-    var mix = "insert=30,update=30,status_change=25,delete=15"
-
-    @Option(help: "Tasks made in every plan before the measurement.")
-    var tasksPerPlan = 5
-
-    @Option(help: "File with the server's JWT secret (the embedded server's <data-dir>/jwt-secret); REALTIME_JWT_SECRET wins.")
-    var jwtSecretFile: String?
-
     @Option(help: "Event-loop threads of the writes' HTTP client.")
     var writerThreads = 2
 
     func run() async throws {
         _ = try options.loopbackEndpoint()
-        let mix = try WriteMix(parsing: mix)
-        let minter = try TokenMinter.load(secretFile: jwtSecretFile)
+        let mix = try WriteMix(parsing: writing.mix)
+        let minter = try TokenMinter.load(secretFile: writing.jwtSecretFile)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, writerThreads))
         let http = RestClient.makeHTTPClient(group: group, connections: max(writers, 32))
         let lifetime = Int(options.duration) + 3600
@@ -61,7 +50,7 @@ struct WriteScenario: AsyncParsableCommand {
         let log = options.log
         let ids = TaskIDs()
         let shape = Fixture.Shape(
-            branches: branches, plans: options.channels, members: [], editorsPerBranch: editorsPerBranch, tasksPerPlan: tasksPerPlan,
+            branches: branches, plans: options.channels, members: [], editorsPerBranch: writing.editorsPerBranch, tasksPerPlan: writing.tasksPerPlan,
             concurrency: 32)
         let fixture = try await Fixture.create(shape, ids: ids, rest: service, log: log)
         let lifetime = Int(options.duration) + 3600
@@ -75,7 +64,7 @@ struct WriteScenario: AsyncParsableCommand {
             _ = try await service.expectSuccess(.GET, "/rest/v1/branches")
         }
         let probes = ResourceProbes(options: options, serverHasChildren: false)
-        let tool = ToolCPU(receivers: group)
+        let tool = ToolCPU(receivers: nil)
         let window = await MeasurementWindow.open(probes, tool: tool, counters: counters)
         let duration = Duration.milliseconds(Int64(options.duration * 1000))
         let writeStart = ContinuousClock.now
@@ -86,13 +75,13 @@ struct WriteScenario: AsyncParsableCommand {
         let feedEnd = try await fixture.awaitFeed(rest: service, timeout: .milliseconds(Int64(options.drainSeconds * 1000)))
         let catchUp = (ContinuousClock.now - writeStart).seconds - writeSeconds
         let end = await WindowEnd(window, probes: probes, tool: tool, counters: counters)
-        let summary = ScenarioReport.Writes.summary(of: writes, seconds: writeSeconds, writtenAs: "editors (\(editorsPerBranch) per branch)")
+        let summary = ScenarioReport.Writes.summary(of: writes, seconds: writeSeconds, writtenAs: "editors (\(writing.editorsPerBranch) per branch)")
         return ScenarioReport(
             mode: "writes",
             name: options.name,
             settings: .init(
-                subscribers: 0, channels: options.channels, branches: branches, writesPerSecond: summary.perSecond, durationSeconds: options.duration,
-                negativeControlShare: 0, mix: mix, payloadBytes: nil, toolThreads: writerThreads, editorsPerBranch: editorsPerBranch,
+                subscribers: 0, channels: options.channels, branches: branches, writesPerSecond: 0, durationSeconds: options.duration,
+                negativeControlShare: 0, mix: mix, payloadBytes: nil, toolThreads: writerThreads, editorsPerBranch: writing.editorsPerBranch,
                 writers: writers),
             connect: nil,
             memory: end.memory(nil),
