@@ -1,13 +1,14 @@
 import Foundation
 
-/// Matches the events of the feed to the writes that made them, and turns them into the events subscribers expect.
+/// A cross-check only: matches the events of the server's feed (read back through `GET /realtime/v1/changes`) to the
+/// writes that made them, to tell whether every acknowledged write reached the feed. What subscribers must receive is
+/// never taken from here: it comes from the writes (``WriteLedger``).
 ///
 /// A task has at most one write in flight, so its events come in the order of its writes: each `task` event is the
 /// next write of that task (an insert shows as INSERT, an update or status change as UPDATE, a delete as DELETE), and
 /// each `status_history` event belongs to the task's write just matched (the trigger's row for an insert or status
 /// change; the cascade's DELETE for a delete).
 struct FeedAttribution {
-    var expected: [ExpectedEvent] = []
     /// Acknowledged writes that produced at least one event.
     var writesInFeed = 0
     /// Acknowledged writes that produced no event at all.
@@ -17,22 +18,14 @@ struct FeedAttribution {
     /// Events per kind of write, e.g. `status_change` → `task UPDATE` and `status_history INSERT`.
     var eventsPerWriteKind: [String: Int] = [:]
 
-    init(events: [FeedEvent], planIndex: [String: Int], writes: [WriteRecord]) {
+    init(events: [FeedEvent], writes: [WriteRecord]) {
         var queues: [UUID: [WriteRecord]] = [:]
         for write in writes where write.succeeded { queues[write.task, default: []].append(write) }
-        for key in queues.keys { queues[key]?.sort { $0.number < $1.number } }
+        for key in queues.keys { queues[key]?.sort { $0.sentMicroseconds < $1.sentMicroseconds } }
         var next: [UUID: Int] = [:]
         var current: [UUID: WriteRecord] = [:]
         var matchedWrites = Set<Int>()
         for event in events {
-            guard let sequence = event.sequence,
-                let planText = event.record.planID ?? event.oldRecord.planID,
-                let plan = planIndex[planText],
-                let commit = WallClock.microseconds(iso8601: Substring(event.commitTimestamp))
-            else {
-                unmatchedEvents += 1
-                continue
-            }
             let taskText = event.table == "task" ? (event.record.id ?? event.oldRecord.id) : (event.record.taskID ?? event.oldRecord.taskID)
             var write: WriteRecord?
             if let taskText, let task = UUID(uuidString: taskText) {
@@ -52,12 +45,7 @@ struct FeedAttribution {
                 eventsPerWriteKind["\(matched.kind.rawValue): \(event.table) \(event.event)", default: 0] += 1
             } else {
                 unmatchedEvents += 1
-                write = nil
             }
-            expected.append(
-                ExpectedEvent(
-                    sequence: sequence, channel: plan, originMicroseconds: commit, acknowledgedMicroseconds: write?.acknowledgedMicroseconds)
-            )
         }
         let acknowledged = writes.filter(\.succeeded)
         writesInFeed = acknowledged.filter { matchedWrites.contains($0.number) }.count

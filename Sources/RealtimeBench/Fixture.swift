@@ -2,50 +2,66 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 
-/// The branches, plans, users and memberships one realtime scenario creates for itself through the REST API, and the
-/// event-log position after which its own writes begin.
+/// The branches, plans, users and memberships one realtime scenario creates for itself through the REST API (as the
+/// service role: the setup is not measured), and the event-log position after which its own writes begin.
+///
+/// Branches `0..<branches` carry the plans that are written to (plan `p` is in branch `p % branches`). One more, the
+/// *quiet* branch (index `branches`), has a plan but no writes: its members are outsiders to every written branch. The
+/// sentinel plan is in a branch of its own that no subscriber may see.
 struct Fixture: Sendable {
-    /// Branch ids; plan `p` is in branch `p % branches.count`.
     var branches: [UUID]
+    var quietBranch: UUID
     var plans: [UUID]
-    /// One user per subscriber, a viewer of the branch of that subscriber's plan.
+    /// One user per entry of the shape's `members`, in that order.
     var users: [UUID]
-    /// A plan in branch 0 that no subscriber watches, renamed to mark a point in the feed (see ``awaitFeed(rest:timeout:)``).
+    /// `editors[b]`: the users who write to branch `b`'s plans, each an editor of that branch only.
+    var editors: [[UUID]]
+    /// A plan in the sentinel branch, renamed to mark a point in the feed (see ``awaitFeed(rest:timeout:)``).
     var sentinelPlan: UUID
-    /// Tasks made before the measurement, per plan, so that updates and deletes have rows from the first second.
-    var seededTasks: [[UUID]]
+    /// Tasks made before the measurement, per plan, as indices of ``TaskIDs``.
+    var seededTasks: [[Int]]
     /// Every event of the measurement has a higher sequence than this.
     var startCursor: Int64 = 0
 
     func branchIndex(ofPlan plan: Int) -> Int { plan % branches.count }
 
+    /// A user to create and the branch (index; `branches` is the quiet one) and role they are a member with.
+    struct Member: Sendable {
+        var branch: Int
+        var role: String
+    }
+
     /// What to create.
     struct Shape: Sendable {
         var branches: Int
         var plans: Int
-        var users: Int
+        var members: [Member]
+        var editorsPerBranch: Int
         var tasksPerPlan: Int
         var concurrency: Int
     }
 
     /// Creates everything through `rest` (a service-role client), then finds the start cursor: it renames the sentinel
     /// plan and waits until the feed carries that change, so that every setup event is at or before it.
-    static func create(_ shape: Shape, rest: RestClient, log: @escaping @Sendable (String) -> Void) async throws -> Fixture {
+    static func create(_ shape: Shape, ids: TaskIDs, rest: RestClient, log: @escaping @Sendable (String) -> Void) async throws -> Fixture {
         let run = String(UUID().uuidString.prefix(8)).lowercased()
         let branches = (0..<shape.branches).map { _ in UUID() }
+        let quietBranch = UUID()
+        let sentinelBranch = UUID()
         let plans = (0..<shape.plans).map { _ in UUID() }
         let sentinelPlan = UUID()
-        let users = (0..<shape.users).map { _ in UUID() }
-        let seeded = plans.map { _ in (0..<shape.tasksPerPlan).map { _ in UUID() } }
+        let users = shape.members.map { _ in UUID() }
+        let editors = branches.map { _ in (0..<max(1, shape.editorsPerBranch)).map { _ in UUID() } }
+        let seeded = (0..<shape.plans).map { plan in (0..<shape.tasksPerPlan).map { plan * shape.tasksPerPlan + $0 } }
         let started = Date()
-
-        try await forEachConcurrently(Array(branches.enumerated()), limit: shape.concurrency) { pair in
+        let allBranches = branches + [quietBranch, sentinelBranch]
+        try await forEachConcurrently(Array(allBranches.enumerated()), limit: shape.concurrency) { pair in
             let (index, id) = pair
             try await rest.expectSuccess(.POST, "/rest/v1/branches", json: #"{"id":"\#(id.lowercased)","name":"bench \#(run) branch \#(index)"}"#)
         }
-        try await forEachConcurrently(Array((plans + [sentinelPlan]).enumerated()), limit: shape.concurrency) { pair in
-            let (index, id) = pair
-            let branch = branches[index % branches.count]
+        let planBranches = plans.indices.map { branches[$0 % branches.count] } + [quietBranch, sentinelBranch]
+        try await forEachConcurrently(Array(zip(plans + [UUID(), sentinelPlan], planBranches).enumerated()), limit: shape.concurrency) { item in
+            let (index, (id, branch)) = item
             try await rest.expectSuccess(
                 .POST,
                 "/rest/v1/plans",
@@ -53,22 +69,25 @@ struct Fixture: Sendable {
                     + #""period_start":"2026-12-07","period_end":"2026-12-13"}"#
             )
         }
-        log("setup: \(branches.count) branches, \(plans.count) plans")
-        try await forEachConcurrently(Array(users.enumerated()), limit: shape.concurrency) { pair in
-            let (index, id) = pair
+        log("setup: \(branches.count) branches with \(plans.count) plans, a quiet branch and a sentinel branch")
+        var people = zip(users, shape.members).map { ($0, allBranches[$1.branch], $1.role) }
+        for (branch, ids) in editors.enumerated() { people += ids.map { ($0, branches[branch], "editor") } }
+        try await forEachConcurrently(Array(people.enumerated()), limit: shape.concurrency) { item in
+            let (index, (id, branch, role)) = item
             try await rest.expectSuccess(.POST, "/rest/v1/users", json: #"{"id":"\#(id.lowercased)","display_name":"bench \#(run) user \#(index)"}"#)
-            let branch = branches[(index % plans.count) % branches.count]
-            try await rest.expectSuccess(.PUT, "/rest/v1/branches/\(branch.lowercased)/members/\(id.lowercased)", json: #"{"role":"viewer"}"#)
+            try await rest.expectSuccess(.PUT, "/rest/v1/branches/\(branch.lowercased)/members/\(id.lowercased)", json: #"{"role":"\#(role)"}"#)
         }
-        log("setup: \(users.count) users, each a viewer of one branch")
+        log("setup: \(users.count) subscribing users and \(editors.joined().count) writing editors, each a member of one branch")
         let seedJobs = seeded.enumerated().flatMap { plan, tasks in tasks.map { (plan, $0) } }
         try await forEachConcurrently(seedJobs, limit: shape.concurrency) { job in
             let (plan, task) = job
-            try await rest.expectSuccess(.POST, "/rest/v1/tasks", json: TaskBody.insert(task: task, plan: plans[plan], title: "bench seed"))
+            try await rest.expectSuccess(.POST, "/rest/v1/tasks", json: TaskBody.insert(task: ids.id(task), plan: plans[plan], title: "bench seed"))
         }
         log("setup: \(seedJobs.count) seed tasks in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
 
-        var fixture = Fixture(branches: branches, plans: plans, users: users, sentinelPlan: sentinelPlan, seededTasks: seeded)
+        var fixture = Fixture(
+            branches: branches, quietBranch: quietBranch, plans: plans, users: users, editors: editors, sentinelPlan: sentinelPlan,
+            seededTasks: seeded)
         guard let startCursor = try await fixture.awaitFeed(rest: rest, timeout: .seconds(120)) else {
             throw BenchError("The change feed did not carry the setup sentinel within 120 s: is the relay running?")
         }

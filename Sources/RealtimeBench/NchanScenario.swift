@@ -25,10 +25,11 @@ struct NchanScenario: AsyncParsableCommand {
         let (host, port) = try options.loopbackEndpoint()
         let log = options.log
         let group = options.makeGroup()
-        let http = RestClient.makeHTTPClient(group: group, connections: options.maxInFlight)
+        let publishers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let http = RestClient.makeHTTPClient(group: publishers, connections: options.maxInFlight)
         let publisher = RestClient(http: http, baseURL: options.url, bearerToken: nil)
         let started = timestampNow()
-        try await ScenarioReport.publish(to: options.jsonOut, closing: http, group) {
+        try await ScenarioReport.publish(to: options.jsonOut, closing: http, [group, publishers]) {
             try await measure(host: host, port: port, publisher: publisher, group: group, started: started, log: log)
         }
     }
@@ -55,7 +56,8 @@ struct NchanScenario: AsyncParsableCommand {
         let connect = try await ConnectPhase.run(
             fleet, targets, counters: counters, probes: probes, concurrency: options.connectConcurrency, log: log)
 
-        let window = probes.openWindow()
+        let tool = ToolCPU(receivers: group)
+        let window = await MeasurementWindow.open(probes, tool: tool, counters: counters)
         let published = Shared<[ExpectedEvent]>([])
         let failureStatuses = Shared<[String: Int]>([:])
         let attempted = Counter()
@@ -92,7 +94,7 @@ struct NchanScenario: AsyncParsableCommand {
         let publishSeconds = (ContinuousClock.now - publishStart).seconds
         log("publishing done; waiting for the last frames")
         await fleet.waitForQuiet(quiet: .seconds(3), limit: .milliseconds(Int64(options.drainSeconds * 1000)))
-        let end = WindowEnd(window, probes: probes)
+        let end = await WindowEnd(window, probes: probes, tool: tool, counters: counters)
         let outcomes = await fleet.closeAll()
 
         let expected = published.value
@@ -116,13 +118,14 @@ struct NchanScenario: AsyncParsableCommand {
             ),
             connect: connect.report,
             memory: end.memory(connect),
-            cpu: end.cpu(connect, delivered: result.check.delivered),
+            cpu: end.cpu(connect, delivered: result.check.delivered, writes: expected.count),
             writes: .init(
                 attempted: attempts,
                 acknowledged: expected.count,
                 failed: attempts - expected.count,
                 perSecond: Double(expected.count) / publishSeconds,
-                failureStatuses: failureStatuses.value
+                failureStatuses: failureStatuses.value,
+                writtenAs: "publisher"
             ),
             feed: nil,
             delivery: result.check,

@@ -17,15 +17,29 @@ struct ProcessProbe: Sendable {
     /// The load tool itself.
     static let current = ProcessProbe(pid: getpid(), includesChildren: false)
 
-    /// CPU seconds (user + system) used so far; nil when the process is gone.
+    /// CPU seconds (user + system) used so far; nil when the process is gone. With children, the CPU of children that
+    /// have ended (a PostgreSQL backend whose connection closed) counts too: the parent's `cutime` and `cstime`.
     func cpuSeconds() -> Double? {
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
         var total: Double?
         for pid in pids() {
             guard let stat = Self.stat(of: pid) else { continue }
-            total = (total ?? 0) + Double(stat.utime + stat.stime) / ticks
+            let reaped = pid == self.pid && includesChildren ? stat.cutime + stat.cstime : 0
+            total = (total ?? 0) + Double(stat.utime + stat.stime + reaped) / ticks
         }
         return total
+    }
+
+    /// PostgreSQL's postmaster for a data dir: the first line of `<dir>/postmaster.pid` (the embedded server keeps its
+    /// cluster in `<data-dir>/postgres`, which is tried too). With ``includesChildren``, its backends count as well.
+    static func postmaster(dataDir: String) -> ProcessProbe? {
+        for path in ["\(dataDir)/postgres/postmaster.pid", "\(dataDir)/postmaster.pid"] {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+                let pid = Int32(text.split(separator: "\n").first?.trimmingCharacters(in: .whitespaces) ?? "")
+            else { continue }
+            return ProcessProbe(pid: pid, includesChildren: true)
+        }
+        return nil
     }
 
     /// Resident memory in bytes (VmRSS); nil when the process is gone.
@@ -58,6 +72,8 @@ struct ProcessProbe: Sendable {
         var parent: Int32
         var utime: Int64
         var stime: Int64
+        var cutime: Int64
+        var cstime: Int64
     }
 
     private static func stat(of pid: Int32) -> Stat? {
@@ -66,10 +82,12 @@ struct ProcessProbe: Sendable {
         else { return nil }
         // After the command name in parentheses: state, ppid, ... utime is field 14 and stime 15 of the whole line.
         let fields = text[text.index(after: close)...].split(separator: " ", omittingEmptySubsequences: true)
-        guard fields.count > 12, let parent = Int32(fields[1]), let utime = Int64(fields[11]), let stime = Int64(fields[12]) else {
+        guard fields.count > 14, let parent = Int32(fields[1]), let utime = Int64(fields[11]), let stime = Int64(fields[12]),
+            let cutime = Int64(fields[13]), let cstime = Int64(fields[14])
+        else {
             return nil
         }
-        return Stat(parent: parent, utime: utime, stime: stime)
+        return Stat(parent: parent, utime: utime, stime: stime, cutime: cutime, cstime: cstime)
     }
 }
 

@@ -6,6 +6,6 @@ struct RealtimeBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "realtime-bench",
         abstract: "Load tool for the realtime server, with nginx + nchan as the peer and PostgreSQL's LISTEN as the floor.",
-        subcommands: [RealtimeScenario.self, NchanScenario.self, FloorScenario.self]
+        subcommands: [RealtimeScenario.self, WriteScenario.self, NchanScenario.self, FloorScenario.self]
     )
 }

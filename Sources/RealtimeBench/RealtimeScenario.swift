@@ -6,14 +6,16 @@ import NIOHTTP1
 import NIOPosix
 import Synchronization
 
-/// `realtime-bench realtime`: subscribers on plans of the realtime server, writes through REST, every delivery checked.
+/// `realtime-bench realtime`: subscribers of every role on plans and branches of the realtime server, task writes
+/// through REST as editors, and every frame checked against what the acknowledged writes must have caused.
 struct RealtimeScenario: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "realtime",
-        abstract: "Load the realtime server: SSE subscribers on plans, task writes through REST, every delivery checked."
+        abstract: "Load the realtime server: SSE subscribers on plans and branches, task writes through REST as editors, every frame checked."
     )
 
     @OptionGroup var options: LoadOptions
+    @OptionGroup var writing: WriteOptions
 
     @Option(help: "Branches the plans are spread over (at least 2 for the negative controls).")
     var branches = 10
@@ -21,32 +23,37 @@ struct RealtimeScenario: AsyncParsableCommand {
     @Option(help: "Share of subscribers that also ask for a branch they may not see (must be refused with 404).")
     var negativeShare = 0.05
 
-    @Option(help: "Write mix in percent, e.g. insert=30,update=30,status_change=25,delete=15.")
-    var mix = "insert=30,update=30,status_change=25,delete=15"
+    @Option(help: "Share of subscribers that watch their plan's whole branch instead of the plan.")
+    var branchShare = 0.01
 
-    @Option(help: "Tasks made in every plan before the measurement.")
-    var tasksPerPlan = 5
+    @Option(help: "Share of subscribers that are members of a branch with no writes only, and watch it (they must receive nothing).")
+    var outsiderShare = 0.02
 
-    @Option(help: "File with the server's JWT secret (the embedded server's <data-dir>/jwt-secret); REALTIME_JWT_SECRET wins.")
-    var jwtSecretFile: String?
+    @Option(help: "Roles of the subscribing users in percent, e.g. viewer=80,editor=15,admin=5.")
+    var roles = "viewer=80,editor=15,admin=5"
 
     @Option(help: "Concurrent REST requests while creating branches, users, plans and tasks.")
     var setupConcurrency = 32
 
+    @Option(help: "Event-loop threads of the writes' HTTP client (the subscribers have --threads of their own).")
+    var writerThreads = 1
+
     func run() async throws {
         let (host, port) = try options.loopbackEndpoint()
-        let mix = try WriteMix(parsing: mix)
+        let mix = try WriteMix(parsing: writing.mix)
+        let roles = try RoleMix(parsing: roles)
         guard branches >= 2 || negativeShare == 0 else { throw BenchError("Negative controls need at least 2 branches.") }
-        let minter = try TokenMinter.load(secretFile: jwtSecretFile)
-        let log = options.log
-        let group = options.makeGroup()
-        let http = RestClient.makeHTTPClient(group: group, connections: max(options.maxInFlight, setupConcurrency))
-        let lifetime = Int(options.duration) + 3600
+        let minter = try TokenMinter.load(secretFile: writing.jwtSecretFile)
+        let receivers = options.makeGroup()
+        let writers = MultiThreadedEventLoopGroup(numberOfThreads: max(1, writerThreads))
+        let http = RestClient.makeHTTPClient(group: writers, connections: max(options.maxInFlight, setupConcurrency))
         let service = RestClient(
-            http: http, baseURL: options.url, bearerToken: minter.token(subject: "service", role: .serviceRole, lifetime: lifetime))
+            http: http, baseURL: options.url,
+            bearerToken: minter.token(subject: "service", role: .serviceRole, lifetime: Int(options.duration) + 3600))
         let started = timestampNow()
-        try await ScenarioReport.publish(to: options.jsonOut, closing: http, group) {
-            try await measure(host: host, port: port, mix: mix, minter: minter, service: service, group: group, started: started, log: log)
+        try await ScenarioReport.publish(to: options.jsonOut, closing: http, [receivers, writers]) {
+            try await measure(
+                host: host, port: port, mix: mix, roles: roles, minter: minter, service: service, receivers: receivers, started: started)
         }
     }
 
@@ -54,101 +61,78 @@ struct RealtimeScenario: AsyncParsableCommand {
         host: String,
         port: Int,
         mix: WriteMix,
+        roles: RoleMix,
         minter: TokenMinter,
         service: RestClient,
-        group: MultiThreadedEventLoopGroup,
-        started: String,
-        log: @escaping @Sendable (String) -> Void
+        receivers: MultiThreadedEventLoopGroup,
+        started: String
     ) async throws -> ScenarioReport {
+        let log = options.log
+        let ids = TaskIDs()
+        let subscribers = SubscriberMix(
+            plans: options.channels, branches: branches, roles: roles, branchShare: branchShare, outsiderShare: outsiderShare,
+            negativeShare: negativeShare
+        ).subscribers(options.subscribers)
         let shape = Fixture.Shape(
             branches: branches,
             plans: options.channels,
-            users: options.subscribers,
-            tasksPerPlan: tasksPerPlan,
+            members: subscribers.map(\.member),
+            editorsPerBranch: writing.editorsPerBranch,
+            tasksPerPlan: writing.tasksPerPlan,
             concurrency: setupConcurrency
         )
-        let fixture = try await Fixture.create(shape, rest: service, log: log)
+        let fixture = try await Fixture.create(shape, ids: ids, rest: service, log: log)
         log("setup done; the measurement starts after event \(fixture.startCursor)")
-
-        let lifetime = Int(options.duration) + 3600
-        var targets: [SubscriberTarget] = []
-        let negativeEvery = negativeShare > 0 ? max(1, Int((1 / negativeShare).rounded())) : Int.max
-        for index in 0..<options.subscribers {
-            let plan = index % fixture.plans.count
-            let token = minter.token(subject: fixture.users[index].lowercased, role: .authenticated, lifetime: lifetime)
-            targets.append(
-                SubscriberTarget(index: index, channel: plan, path: "/realtime/v1/plan/\(fixture.plans[plan].lowercased)", bearerToken: token))
-            if index % negativeEvery == 0 {
-                let foreign = fixture.branches[(fixture.branchIndex(ofPlan: plan) + 1) % fixture.branches.count]
-                targets.append(
-                    SubscriberTarget(
-                        index: index,
-                        channel: -1,
-                        path: "/realtime/v1/branch/\(foreign.lowercased)",
-                        isNegativeControl: true,
-                        bearerToken: token
-                    )
-                )
-            }
-        }
+        let targets = Self.targets(subscribers, fixture: fixture, minter: minter, lifetime: Int(options.duration) + 3600)
 
         let probes = ResourceProbes(options: options, serverHasChildren: false)
         let counters = LiveCounters()
-        let fleet = SubscriberFleet(
-            connector: SubscriberConnector(group: group, host: host, port: port, source: .eventID, counters: counters, sink: OutcomeSink())
-        )
+        let connector = SubscriberConnector(
+            group: receivers, host: host, port: port, source: .eventID, factsReader: ChangeFactsReader(taskPrefix: ids.prefix),
+            counters: counters, sink: OutcomeSink())
+        let fleet = SubscriberFleet(connector: connector)
         try await Task.sleep(for: .seconds(1))  // the setup's requests settle before the memory is read
         let connect = try await ConnectPhase.run(
             fleet, targets, counters: counters, probes: probes, concurrency: options.connectConcurrency, log: log)
 
-        let window = probes.openWindow()
+        let tool = ToolCPU(receivers: receivers)
+        let window = await MeasurementWindow.open(probes, tool: tool, counters: counters)
+        let editorTokens = fixture.editors.map { editors in
+            editors.map { minter.token(subject: $0.lowercased, role: .authenticated, lifetime: Int(options.duration) + 3600) }
+        }
         let driver = WriteDriver(
-            rest: service,
-            plans: fixture.plans,
-            book: TaskBook(seeded: fixture.seededTasks),
-            mix: mix,
-            counters: counters,
-            titlePadding: ""
-        )
+            rest: service, plans: fixture.plans, ids: ids, editorTokens: editorTokens, book: TaskBook(seeded: fixture.seededTasks), mix: mix,
+            counters: counters, titlePadding: "")
         let duration = Duration.milliseconds(Int64(options.duration * 1000))
-        let rate = options.rate
-        let maxInFlight = options.maxInFlight
+        let (rate, maxInFlight) = (options.rate, options.maxInFlight)
         let writeStart = ContinuousClock.now
         let writes = await ProgressLine(counters: counters, label: "writes", log: log).run(total: duration) {
             await driver.run(rate: rate, duration: duration, maxInFlight: maxInFlight)
         }
         let writeSeconds = (ContinuousClock.now - writeStart).seconds
-        log("writes done; waiting for the feed to carry them all")
+        let ledger = WriteLedger(attempts: writes, seeded: fixture.seededTasks, plans: fixture.plans.count, branches: branches)
+        log("writes done: \(ledger.writes.count) acknowledged, \(ledger.total) events expected on their channels; waiting for the feed")
         let feedEnd = try await fixture.awaitFeed(rest: service, timeout: .milliseconds(Int64(options.drainSeconds * 1000)))
         let catchUpSeconds = (ContinuousClock.now - writeStart).seconds - writeSeconds
         log(
             feedEnd == nil
                 ? "the feed did not catch up within \(options.drainSeconds) s"
                 : String(format: "the feed caught up %.1f s after the last write", catchUpSeconds))
-        await fleet.waitForQuiet(limit: .seconds(30))
+        let owed = targets.filter { !$0.isNegativeControl }.reduce(0) { $0 + ($1.scope.map(ledger.expectedCount) ?? 0) }
+        await fleet.waitForFrames(window.frames + owed, limit: .seconds(30))
         let serverLevel = await Self.serverServiceLevel(service)
-        let end = WindowEnd(window, probes: probes)
+        let end = await WindowEnd(window, probes: probes, tool: tool, counters: counters)
         let outcomes = await fleet.closeAll()
 
-        log("reading the feed as the service role to check deliveries")
+        log("checking every frame against the acknowledged writes; reading the feed back as a cross-check")
+        let result = DeliveryMatcher(ledger: ledger, startSequence: fixture.startCursor, failedToConnect: fleet.failedToConnect).verify(outcomes)
         let events = try await FeedReader(rest: service).events(
-            channels: fixture.branches.map { "branch:\($0.lowercased)" },
-            after: fixture.startCursor,
-            tables: "task,status_history"
-        )
-        var planIndex: [String: Int] = [:]
-        for (index, plan) in fixture.plans.enumerated() { planIndex[plan.lowercased] = index }
-        let attribution = FeedAttribution(events: events, planIndex: planIndex, writes: writes)
-        let result = Verifier(expected: attribution.expected, startSequence: fixture.startCursor, failedToConnect: fleet.failedToConnect)
-            .verify(outcomes)
+            channels: fixture.branches.map { "branch:\($0.lowercased)" }, after: fixture.startCursor, tables: "task,status_history")
+        let attribution = FeedAttribution(events: events, writes: writes)
 
-        var failureStatuses: [String: Int] = [:]
-        for write in writes where !write.succeeded { failureStatuses[write.status.map(String.init) ?? "no answer", default: 0] += 1 }
-        let acknowledged = writes.filter(\.succeeded).count
         var notes: [String] = []
         if feedEnd == nil {
-            notes.append(
-                "the feed had not carried every acknowledged write \(options.drainSeconds) s after the last one: see writes missing from feed")
+            notes.append("the feed had not carried every acknowledged write \(options.drainSeconds) s after the last one")
         } else {
             notes.append(String(format: "the feed carried the last write %.1f s after writing ended", catchUpSeconds))
         }
@@ -158,41 +142,48 @@ struct RealtimeScenario: AsyncParsableCommand {
             mode: "realtime",
             name: options.name,
             settings: .init(
-                subscribers: options.subscribers,
-                channels: options.channels,
-                branches: branches,
-                writesPerSecond: options.rate,
-                durationSeconds: options.duration,
-                negativeControlShare: negativeShare,
-                mix: mix,
-                payloadBytes: nil,
-                toolThreads: options.threads
-            ),
+                subscribers: options.subscribers, channels: options.channels, branches: branches, writesPerSecond: options.rate,
+                durationSeconds: options.duration, negativeControlShare: negativeShare, mix: mix, payloadBytes: nil, toolThreads: options.threads,
+                roles: roles, editorsPerBranch: writing.editorsPerBranch),
             connect: connect.report,
             memory: end.memory(connect),
-            cpu: end.cpu(connect, delivered: result.check.delivered),
-            writes: .init(
-                attempted: writes.count,
-                acknowledged: acknowledged,
-                failed: writes.count - acknowledged,
-                perSecond: Double(acknowledged) / writeSeconds,
-                failureStatuses: failureStatuses
-            ),
+            cpu: end.cpu(connect, delivered: result.check.delivered, writes: ledger.writes.count),
+            writes: .summary(of: writes, seconds: writeSeconds, writtenAs: "editors (\(writing.editorsPerBranch) per branch)"),
             feed: .init(
-                events: events.count,
-                writesInFeed: attribution.writesInFeed,
-                writesMissingFromFeed: attribution.writesMissingFromFeed,
-                unmatchedEvents: attribution.unmatchedEvents,
-                eventsPerWriteKind: attribution.eventsPerWriteKind
-            ),
+                events: events.count, writesInFeed: attribution.writesInFeed, writesMissingFromFeed: attribution.writesMissingFromFeed,
+                unmatchedEvents: attribution.unmatchedEvents, eventsPerWriteKind: attribution.eventsPerWriteKind),
             delivery: result.check,
-            originToReceipt: result.originToReceipt,
+            originToReceipt: result.commitToReceipt,
+            sendToReceipt: result.sendToReceipt,
             acknowledgementToReceipt: result.acknowledgementToReceipt,
             receivedBeforeAcknowledgement: result.receivedBeforeAcknowledgement,
             deliveriesPerSecond: result.check.deliveriesPerSecond,
             startedAt: started,
             notes: notes
         )
+    }
+
+    /// The streams to open: each subscriber's channel as its own user, and its negative control.
+    private static func targets(_ subscribers: [SubscriberMix.Subscriber], fixture: Fixture, minter: TokenMinter, lifetime: Int) -> [SubscriberTarget]
+    {
+        var targets: [SubscriberTarget] = []
+        for (index, subscriber) in subscribers.enumerated() {
+            let token = minter.token(subject: fixture.users[index].lowercased, role: .authenticated, lifetime: lifetime)
+            let path: String
+            switch subscriber.scope {
+            case .plan(let plan): path = "/realtime/v1/plan/\(fixture.plans[plan].lowercased)"
+            case .branch(let branch):
+                path = "/realtime/v1/branch/\((branch < fixture.branches.count ? fixture.branches[branch] : fixture.quietBranch).lowercased)"
+            }
+            targets.append(
+                SubscriberTarget(index: index, channel: -1, scope: subscriber.scope, kind: subscriber.kind, path: path, bearerToken: token))
+            guard subscriber.hasNegativeControl else { continue }
+            let foreign = fixture.branches[(subscriber.member.branch + 1) % fixture.branches.count]
+            targets.append(
+                SubscriberTarget(
+                    index: index, channel: -1, path: "/realtime/v1/branch/\(foreign.lowercased)", isNegativeControl: true, bearerToken: token))
+        }
+        return targets
     }
 
     /// The server's own measurement (`GET /realtime/v1/slo`: commit → frame written, over its 10-minute window), as a note.

@@ -18,11 +18,18 @@ struct RestClient: Sendable {
         var text: String { String(buffer: body) }
     }
 
-    /// Sends a request; `json` goes as the body with `Content-Type: application/json`.
-    func send(_ method: HTTPMethod, _ path: String, json: String? = nil, contentType: String = "application/json") async throws -> Answer {
+    /// Sends a request; `json` goes as the body with `Content-Type: application/json`. `token` is sent instead of the
+    /// client's own bearer token when given (a write as one editor).
+    func send(
+        _ method: HTTPMethod,
+        _ path: String,
+        json: String? = nil,
+        contentType: String = "application/json",
+        as token: String? = nil
+    ) async throws -> Answer {
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
-        if let bearerToken { request.headers.add(name: "Authorization", value: "Bearer \(bearerToken)") }
+        if let bearer = token ?? bearerToken { request.headers.add(name: "Authorization", value: "Bearer \(bearer)") }
         if let json {
             request.headers.add(name: "Content-Type", value: contentType)
             request.body = .bytes(ByteBuffer(string: json))

@@ -40,6 +40,9 @@ struct LoadOptions: ParsableArguments {
     @Option(help: "Pid of PostgreSQL's postmaster: its and its backends' CPU is reported as database CPU.")
     var databasePid: Int32?
 
+    @Option(help: "The server's data dir: PostgreSQL's postmaster is found from its postgres/postmaster.pid (when no --database-pid).")
+    var dataDir: String?
+
     @Option(help: "Where to write the JSON report.")
     var jsonOut: String?
 
@@ -62,6 +65,21 @@ struct LoadOptions: ParsableArguments {
     }
 }
 
+/// The options of the scenarios that write tasks as editors (the realtime S scenarios and W).
+struct WriteOptions: ParsableArguments {
+    @Option(help: "Editors per branch who make the writes (each write on a plan carries the token of an editor of its branch).")
+    var editorsPerBranch = 4
+
+    @Option(help: "Write mix in percent, e.g. insert=30,update=30,status_change=25,delete=15.")
+    var mix = "insert=30,update=30,status_change=25,delete=15"
+
+    @Option(help: "Tasks made in every plan before the measurement.")
+    var tasksPerPlan = 5
+
+    @Option(help: "File with the server's JWT secret (the embedded server's <data-dir>/jwt-secret); REALTIME_JWT_SECRET wins.")
+    var jwtSecretFile: String?
+}
+
 /// Resource readings before and after the measured window.
 struct ResourceProbes: Sendable {
     let server: ProcessProbe?
@@ -70,12 +88,9 @@ struct ResourceProbes: Sendable {
 
     init(options: LoadOptions, serverHasChildren: Bool) {
         server = options.serverPid.map { ProcessProbe(pid: $0, includesChildren: serverHasChildren) }
-        database = options.databasePid.map { ProcessProbe(pid: $0, includesChildren: true) }
-    }
-
-    /// CPU windows for the server, database and tool, opened now.
-    func openWindow() -> (server: ResourceWindow, database: ResourceWindow, tool: ResourceWindow, started: ContinuousClock.Instant) {
-        (ResourceWindow(server), ResourceWindow(database), ResourceWindow(tool), ContinuousClock.now)
+        database =
+            options.databasePid.map { ProcessProbe(pid: $0, includesChildren: true) }
+            ?? options.dataDir.flatMap { ProcessProbe.postmaster(dataDir: $0) }
     }
 }
 

@@ -2,8 +2,9 @@ import NIOCore
 
 /// One frame of a Server-Sent Events stream, as much of it as the load tool needs.
 enum SSEFrameKind: Equatable, Sendable {
-    /// A change (realtime's `postgres_changes`, or nchan's unnamed message) with its sequence number.
-    case change(sequence: Int64)
+    /// A change (realtime's `postgres_changes`, or nchan's unnamed message) with its sequence number, and for realtime
+    /// what its data says of the row (see ``ChangeFacts``).
+    case change(sequence: Int64, facts: ChangeFacts)
     /// A control event that ends or resets the stream (`error`, `revoked`, `token_expired`, `reset`).
     case control(name: String)
 }
@@ -21,6 +22,9 @@ enum SequenceSource: Sendable {
 /// Lines may be split across reads: the unfinished tail is kept until the next read completes it.
 struct SSEParser {
     let source: SequenceSource
+    /// Reads the facts of a realtime change's data line; nil for nchan.
+    let factsReader: ChangeFactsReader?
+    private var facts = ChangeFacts()
     private var partialLine: [UInt8] = []
     private var sequence: Int64?
     private var eventName: EventName = .message
@@ -36,8 +40,9 @@ struct SSEParser {
     private static let changeEventName = Array("postgres_changes".utf8)
     private static let dataSequencePrefix = Array(#"{"seq":"#.utf8)
 
-    init(source: SequenceSource) {
+    init(source: SequenceSource, factsReader: ChangeFactsReader? = nil) {
         self.source = source
+        self.factsReader = factsReader
     }
 
     /// Parses the bytes of one read, calling `onFrame` for every complete frame.
@@ -83,7 +88,9 @@ struct SSEParser {
             }
         case (4, UInt8(ascii: "d")):
             hasData = true
-            if source == .dataPrefix, value.starts(with: Self.dataSequencePrefix) {
+            if let factsReader, eventName == .change {
+                facts = factsReader.read(value)
+            } else if source == .dataPrefix, value.starts(with: Self.dataSequencePrefix) {
                 sequence = Self.integer(UnsafeRawBufferPointer(rebasing: value[Self.dataSequencePrefix.count...]))
             }
         default:
@@ -94,13 +101,14 @@ struct SSEParser {
     private mutating func dispatch(onFrame: (SSEFrameKind) -> Void) {
         defer {
             sequence = nil
+            facts = ChangeFacts()
             eventName = .message
             hasData = false
         }
         guard hasData else { return }  // e.g. a lone `retry:` frame
         switch eventName {
         case .change, .message:
-            if let sequence { onFrame(.change(sequence: sequence)) }
+            if let sequence { onFrame(.change(sequence: sequence, facts: facts)) }
         case .other(let name):
             onFrame(.control(name: name))
         }

@@ -43,43 +43,77 @@ struct ConnectPhase {
     }
 }
 
-/// The measured window's end: CPU of the server, database and tool since the window opened, and the memory held then.
+/// The measured window's start: CPU of the server, database and tool, and the frames received so far.
+struct MeasurementWindow: Sendable {
+    var server: ResourceWindow
+    var database: ResourceWindow
+    var tool: ToolCPU.Reading
+    var frames: Int
+    var started: ContinuousClock.Instant
+
+    static func open(_ probes: ResourceProbes, tool: ToolCPU, counters: LiveCounters) async -> MeasurementWindow {
+        let reading = await tool.read()
+        return MeasurementWindow(
+            server: ResourceWindow(probes.server),
+            database: ResourceWindow(probes.database),
+            tool: reading,
+            frames: counters.frames.load(ordering: .relaxed),
+            started: ContinuousClock.now
+        )
+    }
+}
+
+/// The measured window's end: CPU of the server, database and tool since the window opened, the frames the tool
+/// received in it, and the memory held then.
 struct WindowEnd {
     var seconds: Double
     var serverCPU: Double?
     var databaseCPU: Double?
-    var toolCPU: Double?
+    var toolCPU: Double
+    var toolReceiveCPU: Double
+    var framesReceived: Int
     var serverRSS: Int?
     var toolRSS: Int?
 
-    init(_ window: (server: ResourceWindow, database: ResourceWindow, tool: ResourceWindow, started: ContinuousClock.Instant), probes: ResourceProbes)
-    {
+    init(_ window: MeasurementWindow, probes: ResourceProbes, tool: ToolCPU, counters: LiveCounters) async {
+        let reading = await tool.read()
         seconds = (ContinuousClock.now - window.started).seconds
         serverCPU = window.server.cpuSeconds()
         databaseCPU = window.database.cpuSeconds()
-        toolCPU = window.tool.cpuSeconds()
+        toolCPU = reading.process - window.tool.process
+        toolReceiveCPU = reading.receivers - window.tool.receivers
+        framesReceived = counters.frames.load(ordering: .relaxed) - window.frames
         serverRSS = probes.server?.residentBytes()
         toolRSS = probes.tool.residentBytes()
     }
 
-    func memory(_ connect: ConnectPhase) -> ScenarioReport.Memory {
+    func memory(_ connect: ConnectPhase?) -> ScenarioReport.Memory {
         .init(
-            serverRSSBeforeBytes: connect.serverRSSBefore,
-            serverRSSAfterBytes: connect.serverRSSAfter,
-            perIdleSubscriberBytes: connect.perIdleSubscriberBytes,
+            serverRSSBeforeBytes: connect?.serverRSSBefore,
+            serverRSSAfterBytes: connect?.serverRSSAfter,
+            perIdleSubscriberBytes: connect?.perIdleSubscriberBytes,
             serverRSSEndBytes: serverRSS,
             toolRSSBytes: toolRSS
         )
     }
 
-    func cpu(_ connect: ConnectPhase, delivered: Int) -> ScenarioReport.CPU {
-        .init(
+    /// The window's CPU split, per delivery (frames the subscribers should have got and did) and per acknowledged write.
+    func cpu(_ connect: ConnectPhase?, delivered: Int, writes: Int) -> ScenarioReport.CPU {
+        func per(_ seconds: Double?, _ count: Int) -> Double? { count > 0 ? seconds.map { $0 * 1e6 / Double(count) } : nil }
+        return .init(
             windowSeconds: seconds,
             serverSeconds: serverCPU,
             toolSeconds: toolCPU,
             databaseSeconds: databaseCPU,
-            serverMicrosecondsPerDelivery: serverCPU.map { $0 * 1e6 / Double(max(delivered, 1)) },
-            serverIdleSecondsWhileConnected: connect.serverIdleCPU
+            serverMicrosecondsPerDelivery: per(serverCPU, delivered),
+            serverIdleSecondsWhileConnected: connect?.serverIdleCPU,
+            toolReceiveSeconds: framesReceived > 0 ? toolReceiveCPU : nil,
+            framesReceived: framesReceived,
+            toolMicrosecondsPerFrame: per(toolCPU, framesReceived),
+            toolReceiveMicrosecondsPerFrame: per(toolReceiveCPU, framesReceived),
+            serverMicrosecondsPerWrite: per(serverCPU, writes),
+            databaseMicrosecondsPerWrite: per(databaseCPU, writes),
+            toolMicrosecondsPerWrite: per(toolCPU, writes)
         )
     }
 }

@@ -14,6 +14,8 @@ struct ScenarioReport: Codable, Sendable {
     var delivery: DeliveryCheck?
     /// Realtime: commit timestamp → receipt. nchan: publish sent → receipt. Floor: NOTIFY statement → LISTEN receipt.
     var originToReceipt: LatencySummary
+    /// Realtime: write request sent → receipt. (nchan's origin is already the send.)
+    var sendToReceipt: LatencySummary? = nil
     /// Write (or publish) acknowledged → receipt.
     var acknowledgementToReceipt: LatencySummary?
     var receivedBeforeAcknowledgement: Int?
@@ -31,11 +33,16 @@ struct ScenarioReport: Codable, Sendable {
         var mix: WriteMix?
         var payloadBytes: Int?
         var toolThreads: Int
+        /// Realtime: the subscribers' role mix, and the editors writing to each branch; W: the writers.
+        var roles: RoleMix? = nil
+        var editorsPerBranch: Int? = nil
+        var writers: Int? = nil
 
         enum CodingKeys: String, CodingKey {
             case subscribers, channels, branches, mix
             case writesPerSecond = "writes_per_second", durationSeconds = "duration_s"
             case negativeControlShare = "negative_control_share", payloadBytes = "payload_bytes", toolThreads = "tool_threads"
+            case roles, editorsPerBranch = "editors_per_branch", writers
         }
     }
 
@@ -64,11 +71,33 @@ struct ScenarioReport: Codable, Sendable {
         var serverSeconds: Double?
         var toolSeconds: Double?
         var databaseSeconds: Double?
-        var serverMicrosecondsPerDelivery: Double?
-        var serverIdleSecondsWhileConnected: Double?
+        var serverMicrosecondsPerDelivery: Double? = nil
+        var serverIdleSecondsWhileConnected: Double? = nil
+        /// The tool's event loops that receive the frames, alone.
+        var toolReceiveSeconds: Double? = nil
+        var framesReceived: Int? = nil
+        /// The whole tool's CPU (getrusage) over the frames it received; and its receiving loops' alone.
+        var toolMicrosecondsPerFrame: Double? = nil
+        var toolReceiveMicrosecondsPerFrame: Double? = nil
+        var serverMicrosecondsPerWrite: Double? = nil
+        var databaseMicrosecondsPerWrite: Double? = nil
+        var toolMicrosecondsPerWrite: Double? = nil
         enum CodingKeys: String, CodingKey {
             case windowSeconds = "window_s", serverSeconds = "server_s", toolSeconds = "tool_s", databaseSeconds = "database_s"
             case serverMicrosecondsPerDelivery = "server_us_per_delivery", serverIdleSecondsWhileConnected = "server_idle_s_while_connected"
+            case toolReceiveSeconds = "tool_receive_s", framesReceived = "frames_received"
+            case toolMicrosecondsPerFrame = "tool_us_per_frame", toolReceiveMicrosecondsPerFrame = "tool_receive_us_per_frame"
+            case serverMicrosecondsPerWrite = "server_us_per_write", databaseMicrosecondsPerWrite = "database_us_per_write"
+            case toolMicrosecondsPerWrite = "tool_us_per_write"
+        }
+
+        /// `server 1.2 s (40 %), PostgreSQL …, tool …`: who used the window's CPU.
+        func split(serverName: String) -> String {
+            let parts = [(serverName, serverSeconds), ("PostgreSQL", databaseSeconds), ("tool", toolSeconds)].compactMap { name, value in
+                value.map { (name, $0) }
+            }
+            let total = parts.reduce(0) { $0 + $1.1 }
+            return parts.map { String(format: "%@ %.2f s (%.0f %%)", $0.0, $0.1, total > 0 ? $0.1 * 100 / total : 0) }.joined(separator: ", ")
         }
     }
 
@@ -78,8 +107,13 @@ struct ScenarioReport: Codable, Sendable {
         var failed: Int
         var perSecond: Double
         var failureStatuses: [String: Int]
+        /// Send → answer of the acknowledged writes.
+        var latency: LatencySummary? = nil
+        /// Writes made as: `editor` (a user's token, through policy and RLS), or `publisher` for nchan.
+        var writtenAs: String? = nil
         enum CodingKeys: String, CodingKey {
-            case attempted, acknowledged, failed, perSecond = "per_second", failureStatuses = "failure_statuses"
+            case attempted, acknowledged, failed, latency, perSecond = "per_second", failureStatuses = "failure_statuses"
+            case writtenAs = "written_as"
         }
     }
 
@@ -97,7 +131,7 @@ struct ScenarioReport: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case mode, name, settings, connect, memory, cpu, writes, feed, delivery, notes
-        case originToReceipt = "origin_to_receipt", acknowledgementToReceipt = "ack_to_receipt"
+        case originToReceipt = "origin_to_receipt", acknowledgementToReceipt = "ack_to_receipt", sendToReceipt = "send_to_receipt"
         case receivedBeforeAcknowledgement = "received_before_ack", deliveriesPerSecond = "deliveries_per_second"
         case startedAt = "started_at"
     }
@@ -119,43 +153,33 @@ struct ScenarioReport: Codable, Sendable {
             )
         }
         func mib(_ bytes: Int?) -> String { bytes.map { String(format: "%.1f MiB", Double($0) / 1_048_576) } ?? "-" }
-        func seconds(_ value: Double?) -> String { value.map { String(format: "%.2f s", $0) } ?? "-" }
+        func micro(_ value: Double?) -> String { value.map { String(format: "%.1f µs", $0) } ?? "-" }
         add("scenario", "\(name) (\(mode))")
         add(
             "settings",
-            "\(settings.subscribers) subscribers, \(settings.channels) channels, \(settings.writesPerSecond)/s for \(settings.durationSeconds) s"
+            settings.writers.map { "\($0) writers (closed loop), \(settings.channels) plans, for \(settings.durationSeconds) s" }
+                ?? "\(settings.subscribers) subscribers, \(settings.channels) channels, \(settings.writesPerSecond)/s for \(settings.durationSeconds) s"
         )
         if let connect { add("connect", String(format: "%.1f s (%.0f/s)", connect.seconds, connect.perSecond)) }
         add(
             "writes",
-            String(format: "%d sent, %d acknowledged, %d failed, %.1f/s", writes.attempted, writes.acknowledged, writes.failed, writes.perSecond))
+            String(format: "%d sent, %d acknowledged, %d failed, %.1f/s", writes.attempted, writes.acknowledged, writes.failed, writes.perSecond)
+                + (writes.writtenAs.map { " as \($0)" } ?? ""))
+        if let latency = writes.latency { add("send → answer", ms(latency)) }
         if let feed {
             add(
-                "feed",
+                "feed (cross-check)",
                 "\(feed.events) events; writes in feed \(feed.writesInFeed), missing \(feed.writesMissingFromFeed); unmatched \(feed.unmatchedEvents)"
             )
         }
-        if let delivery {
-            add(
-                "deliveries",
-                "expected \(delivery.expected), delivered \(delivery.delivered), missing \(delivery.missing), "
-                    + "duplicated \(delivery.duplicated), misdelivered \(delivery.misdelivered), out of order \(delivery.outOfOrder)"
-            )
-            add(
-                "streams",
-                "open \(delivery.subscribersOpen), refused \(delivery.subscribersRefused), failed \(delivery.subscribersFailed), "
-                    + "disconnects \(delivery.disconnects)"
-            )
-            if delivery.negativeControls > 0 {
-                add(
-                    "negative controls",
-                    "\(delivery.negativeControlsRefused)/\(delivery.negativeControls) refused, \(delivery.negativeControlsLeaked) leaked")
-            }
+        if let delivery { addDelivery(delivery, add) }
+        if mode != "writes" {
+            add(mode == "realtime" ? "commit → receipt" : mode == "nchan" ? "publish → receipt" : "notify → listen", ms(originToReceipt))
         }
-        add(mode == "realtime" ? "commit → receipt" : mode == "nchan" ? "publish → receipt" : "notify → listen", ms(originToReceipt))
+        if let sendToReceipt { add("send → receipt", ms(sendToReceipt)) }
         if let acknowledgementToReceipt { add("ack → receipt", ms(acknowledgementToReceipt)) }
         if let deliveriesPerSecond { add("deliveries/s", String(format: "%.0f", deliveriesPerSecond)) }
-        if let memory {
+        if let memory, connect != nil {
             add(
                 "server RSS",
                 "\(mib(memory.serverRSSBeforeBytes)) → \(mib(memory.serverRSSAfterBytes)) connected → \(mib(memory.serverRSSEndBytes)) at end"
@@ -163,14 +187,47 @@ struct ScenarioReport: Codable, Sendable {
             add("per idle subscriber", memory.perIdleSubscriberBytes.map { String(format: "%.1f KiB", $0 / 1024) } ?? "-")
             add("tool RSS", mib(memory.toolRSSBytes))
         }
-        add(
-            "CPU in window",
-            String(format: "%.1f s: ", cpu.windowSeconds) + "server \(seconds(cpu.serverSeconds)), database \(seconds(cpu.databaseSeconds)), "
-                + "tool \(seconds(cpu.toolSeconds))"
-        )
-        if let perDelivery = cpu.serverMicrosecondsPerDelivery { add("server CPU/delivery", String(format: "%.1f µs", perDelivery)) }
+        add("CPU split", String(format: "%.1f s window: ", cpu.windowSeconds) + cpu.split(serverName: mode == "nchan" ? "nchan" : "server"))
+        if let perDelivery = cpu.serverMicrosecondsPerDelivery { add("server CPU/delivery", micro(perDelivery)) }
+        if let frames = cpu.framesReceived, frames > 0 {
+            add(
+                "tool CPU/frame",
+                "\(micro(cpu.toolMicrosecondsPerFrame)) (whole tool), \(micro(cpu.toolReceiveMicrosecondsPerFrame)) receiving loops alone, "
+                    + "\(frames) frames")
+        }
+        if mode == "writes" || mode == "realtime" {
+            add(
+                "CPU/write",
+                "server \(micro(cpu.serverMicrosecondsPerWrite)), PostgreSQL \(micro(cpu.databaseMicrosecondsPerWrite)), "
+                    + "tool \(micro(cpu.toolMicrosecondsPerWrite))")
+        }
         for note in notes { add("note", note) }
         let width = rows.map(\.0.count).max() ?? 0
         return rows.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(separator: "\n")
+    }
+
+    private func addDelivery(_ delivery: DeliveryCheck, _ add: (String, String) -> Void) {
+        add(
+            "deliveries",
+            "expected \(delivery.expected), delivered \(delivery.delivered), missing \(delivery.missing), "
+                + "duplicated \(delivery.duplicated), misdelivered \(delivery.misdelivered), out of order \(delivery.outOfOrder)"
+        )
+        if mode == "realtime" {
+            add(
+                "withheld",
+                "\(delivery.withheldCorrectly) of \(delivery.withheld) events correctly not delivered; unmatched frames \(delivery.unmatched), "
+                    + "of writes with unknown outcome \(delivery.ofUnknownWrites)")
+            add("subscribers", delivery.subscribersByKind.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+        }
+        add(
+            "streams",
+            "open \(delivery.subscribersOpen), refused \(delivery.subscribersRefused), failed \(delivery.subscribersFailed), "
+                + "disconnects \(delivery.disconnects)"
+        )
+        if delivery.negativeControls > 0 {
+            add(
+                "negative controls",
+                "\(delivery.negativeControlsRefused)/\(delivery.negativeControls) refused, \(delivery.negativeControlsLeaked) leaked")
+        }
     }
 }

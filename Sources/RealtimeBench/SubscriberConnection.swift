@@ -7,8 +7,12 @@ import Synchronization
 struct SubscriberTarget: Sendable {
     /// Position in the scenario's list of subscribers.
     var index: Int
-    /// The channel index (a plan, or an nchan channel) whose events it should receive.
+    /// The channel index (an nchan channel) whose events it should receive.
     var channel: Int
+    /// Realtime: the plan or branch it watches (nil for nchan).
+    var scope: ChannelScope?
+    /// Realtime: its user's role and channel kind, e.g. `viewer plan`, for the report.
+    var kind = ""
     /// Request path and query, e.g. `/realtime/v1/plan/<id>`.
     var path: String
     /// Whether this is a negative control: a stream the user may not see, which must be refused before it starts.
@@ -17,10 +21,11 @@ struct SubscriberTarget: Sendable {
     var bearerToken: String?
 }
 
-/// When a frame arrived, by its sequence number.
+/// A frame as it arrived: its sequence number (the SSE `id`), when it was read, and what its data says of the row.
 struct Receipt: Sendable {
     var sequence: Int64
     var microseconds: Int64
+    var facts = ChangeFacts()
 }
 
 /// Everything one subscriber saw, handed over when its connection closes.
@@ -83,13 +88,14 @@ final class SubscriberHandler: ChannelInboundHandler {
         target: SubscriberTarget,
         host: String,
         source: SequenceSource,
+        factsReader: ChangeFactsReader?,
         counters: LiveCounters,
         sink: OutcomeSink,
         answered: EventLoopPromise<Int>
     ) {
         self.target = target
         self.host = host
-        self.parser = SSEParser(source: source)
+        self.parser = SSEParser(source: source, factsReader: factsReader)
         self.counters = counters
         self.sink = sink
         self.answered = answered
@@ -122,8 +128,8 @@ final class SubscriberHandler: ChannelInboundHandler {
             var changes = 0
             parser.feed(buffer) { frame in
                 switch frame {
-                case .change(let sequence):
-                    receipts.append(Receipt(sequence: sequence, microseconds: now))
+                case .change(let sequence, let facts):
+                    receipts.append(Receipt(sequence: sequence, microseconds: now, facts: facts))
                     changes += 1
                 case .control(let name):
                     controlEvents.append(name)
@@ -177,6 +183,8 @@ struct SubscriberConnector: Sendable {
     let host: String
     let port: Int
     let source: SequenceSource
+    /// Reads what a realtime frame's data says of its row; nil for nchan.
+    var factsReader: ChangeFactsReader? = nil
     let counters: LiveCounters
     let sink: OutcomeSink
 
@@ -188,7 +196,7 @@ struct SubscriberConnector: Sendable {
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.seconds(15))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { [source, counters, sink] channel in
+            .channelInitializer { [source, factsReader, counters, sink] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(
@@ -196,6 +204,7 @@ struct SubscriberConnector: Sendable {
                             target: target,
                             host: hostHeader,
                             source: source,
+                            factsReader: factsReader,
                             counters: counters,
                             sink: sink,
                             answered: answered

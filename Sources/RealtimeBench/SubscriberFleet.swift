@@ -62,6 +62,16 @@ final class SubscriberFleet: Sendable {
         }
     }
 
+    /// Waits until `frames` change frames have arrived in all (what the writes owe the subscribers), then until none has
+    /// arrived for `quiet` (a duplicate or misdelivered frame would come then); or until `limit` has passed.
+    func waitForFrames(_ frames: Int, quiet: Duration = .seconds(2), limit: Duration) async {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline, counters.frames.load(ordering: .relaxed) < frames {
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        await waitForQuiet(quiet: quiet, limit: max(deadline - ContinuousClock.now, quiet))
+    }
+
     /// Closes every connection (closes from now on are not disconnects) and returns what each subscriber saw.
     func closeAll() async -> [SubscriberOutcome] {
         counters.finishing.store(true, ordering: .relaxed)

@@ -56,12 +56,22 @@ struct DeliveryCheck: Codable, Sendable {
     var missing = 0
     var duplicated = 0
     var misdelivered = 0
+    /// Realtime: frames that fit no acknowledged write of this run.
+    var unmatched = 0
+    /// Realtime: frames of a task whose write ended without an answer (it may have been committed), fitting no other.
+    var ofUnknownWrites = 0
+    /// Realtime: events of acknowledged writes that subscribers may not see (summed over open subscribers), and how
+    /// many of them indeed did not arrive.
+    var withheld = 0
+    var withheldCorrectly = 0
     var outOfOrder = 0
     /// Frames of events from before the measurement began (the feed caught up after a stream opened); not counted.
     var beforeStart = 0
     var disconnects = 0
     var disconnectReasons: [String: Int] = [:]
     var controlEvents: [String: Int] = [:]
+    /// Open subscribers by role and channel, e.g. `viewer plan`, `admin branch`, `outsider branch`.
+    var subscribersByKind: [String: Int] = [:]
     var negativeControls = 0
     var negativeControlsRefused = 0
     /// Negative-control streams that were *not* refused: each is a policy leak.
@@ -72,7 +82,8 @@ struct DeliveryCheck: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case subscribersOpen = "subscribers_open", subscribersRefused = "subscribers_refused", subscribersFailed = "subscribers_failed"
-        case expected, delivered, missing, duplicated, misdelivered
+        case expected, delivered, missing, duplicated, misdelivered, unmatched, withheld
+        case ofUnknownWrites = "of_unknown_writes", withheldCorrectly = "withheld_correctly", subscribersByKind = "subscribers_by_kind"
         case outOfOrder = "out_of_order", beforeStart = "before_start", disconnects
         case disconnectReasons = "disconnect_reasons", controlEvents = "control_events"
         case negativeControls = "negative_controls", negativeControlsRefused = "negative_controls_refused"
@@ -81,7 +92,36 @@ struct DeliveryCheck: Codable, Sendable {
     }
 }
 
-/// Compares every subscriber's receipts with the expected events of its channel, and measures the delays.
+extension DeliveryCheck {
+    /// Counts a stream's answer: a negative control refused or leaked, a subscriber refused or failed, or one open
+    /// (with its disconnect and control events). True when its frames are to be checked.
+    mutating func admit(_ outcome: SubscriberOutcome) -> Bool {
+        if outcome.target.isNegativeControl {
+            negativeControls += 1
+            if outcome.status == 404 {
+                negativeControlsRefused += 1
+            } else if outcome.status == 200 {
+                negativeControlsLeaked += 1
+                misdelivered += outcome.receipts.count
+            }
+            return false
+        }
+        guard outcome.status == 200 else {
+            if outcome.status == nil || outcome.status == -1 { subscribersFailed += 1 } else { subscribersRefused += 1 }
+            return false
+        }
+        subscribersOpen += 1
+        if outcome.disconnected {
+            disconnects += 1
+            disconnectReasons[outcome.endReason ?? "unknown", default: 0] += 1
+        }
+        for name in outcome.controlEvents { controlEvents[name, default: 0] += 1 }
+        return true
+    }
+}
+
+/// Compares every subscriber's receipts with the expected events of its channel by sequence number, and measures the
+/// delays: the nchan peer's check, whose messages carry the publisher's own sequence numbers.
 struct Verifier {
     let expected: [ExpectedEvent]
     /// Sequences at or below this are from before the measurement.
@@ -110,26 +150,7 @@ struct Verifier {
         var frameBytes = 0
         var frames = 0
         for outcome in outcomes {
-            if outcome.target.isNegativeControl {
-                check.negativeControls += 1
-                if outcome.status == 404 {
-                    check.negativeControlsRefused += 1
-                } else if outcome.status == 200 {
-                    check.negativeControlsLeaked += 1
-                    check.misdelivered += outcome.receipts.count
-                }
-                continue
-            }
-            guard outcome.status == 200 else {
-                if outcome.status == nil || outcome.status == -1 { check.subscribersFailed += 1 } else { check.subscribersRefused += 1 }
-                continue
-            }
-            check.subscribersOpen += 1
-            if outcome.disconnected {
-                check.disconnects += 1
-                check.disconnectReasons[outcome.endReason ?? "unknown", default: 0] += 1
-            }
-            for name in outcome.controlEvents { check.controlEvents[name, default: 0] += 1 }
+            guard check.admit(outcome) else { continue }
             let channel = outcome.target.channel
             check.expected += perChannel[channel] ?? 0
             var seen = Set<Int64>()

@@ -18,7 +18,12 @@ enum WallClock {
     /// Parses an ISO-8601 UTC timestamp as the server writes commit times (`2026-11-28T09:00:13.670276Z`, or with
     /// `+00:00`, fewer fraction digits or a space for the `T`) into microseconds since 1970; nil when it is not one.
     static func microseconds(iso8601 text: Substring) -> Int64? {
-        let bytes = Array(text.utf8)
+        var text = text
+        return text.withUTF8 { microseconds(iso8601: UnsafeRawBufferPointer($0)) }
+    }
+
+    /// The same, from the bytes of the timestamp (no copy: a frame's commit time is read this way as it arrives).
+    static func microseconds(iso8601 bytes: UnsafeRawBufferPointer) -> Int64? {
         func number(_ range: Range<Int>) -> Int64? {
             guard range.upperBound <= bytes.count else { return nil }
             var value: Int64 = 0

@@ -10,6 +10,15 @@ enum WriteKind: String, Codable, Sendable, CaseIterable {
     case delete
 }
 
+/// `name=percent` pairs, comma-separated, as `--mix` and `--roles` take them.
+func percentPairs(_ text: String, option: String) throws -> [(name: String, value: Int)] {
+    try text.split(separator: ",").map { part in
+        let pair = part.split(separator: "=")
+        guard pair.count == 2, let value = Int(pair[1]), value >= 0 else { throw BenchError("\(option) takes name=percent pairs; got '\(part)'.") }
+        return (String(pair[0]), value)
+    }
+}
+
 /// How often each kind of write is chosen, in percent.
 struct WriteMix: Sendable, Codable {
     var insert = 30
@@ -19,10 +28,9 @@ struct WriteMix: Sendable, Codable {
 
     /// Parses `insert=30,update=30,status_change=25,delete=15`.
     init(parsing text: String) throws {
-        for part in text.split(separator: ",") {
-            let pair = part.split(separator: "=")
-            guard pair.count == 2, let value = Int(pair[1]), value >= 0, let kind = WriteKind(rawValue: String(pair[0])) else {
-                throw BenchError("--mix takes kind=percent pairs of insert, update, status_change and delete; got '\(part)'.")
+        for (name, value) in try percentPairs(text, option: "--mix") {
+            guard let kind = WriteKind(rawValue: name) else {
+                throw BenchError("--mix knows insert, update, status_change and delete; got '\(name)'.")
             }
             switch kind {
             case .insert: insert = value
@@ -44,82 +52,43 @@ struct WriteMix: Sendable, Codable {
     }
 }
 
-/// One write as the driver made it: what, on which task, and when it was sent and acknowledged.
+/// One write as the driver made it: what, on which task, by whom, and when it was sent and answered.
 struct WriteRecord: Sendable {
     var number: Int
     var kind: WriteKind
+    /// The task's index in the run (``TaskIDs``), its id, and its plan's index.
+    var taskIndex: Int
     var task: UUID
     var plan: Int
+    /// What the write's events show: the task's title (write number) and status after it, the status before it, and for
+    /// a delete the history rows its cascade removes.
+    var title: Int32
+    var toStatus: TaskStatus
+    var fromStatus: TaskStatus
+    var historyRows: Int
     var sentMicroseconds: Int64
     var acknowledgedMicroseconds: Int64
     /// The HTTP status, or nil when the request failed without one.
     var status: Int?
 
     var succeeded: Bool { status.map { (200..<300).contains($0) } ?? false }
-}
 
-/// The tasks of every plan and which of them are free: a task has at most one write in flight, so that its events
-/// come in the order of its writes and each can be matched to the write that made it.
-final class TaskBook: Sendable {
-    private struct State {
-        var idle: [[UUID]]
-        var statuses: [UUID: String] = [:]
-        var generator = SystemRandomNumberGenerator()
-    }
-
-    /// A write chosen and claimed, ready to send.
-    struct Claim: Sendable {
-        var kind: WriteKind
-        var task: UUID
-        var plan: Int
-        var nextStatus: String?
-    }
-
-    private static let statusCycle = ["taken": "done", "done": "posted", "posted": "edited", "edited": "taken"]
-    private let state: Mutex<State>
-
-    init(seeded: [[UUID]]) {
-        var state = State(idle: seeded)
-        for tasks in seeded { for task in tasks { state.statuses[task] = "taken" } }
-        self.state = Mutex(state)
-    }
-
-    /// Picks a plan and a write of the mix; an update, status change or delete on a plan with no free task becomes an insert.
-    func claim(mix: WriteMix) -> Claim {
-        state.withLock { state in
-            let plan = Int.random(in: 0..<state.idle.count, using: &state.generator)
-            var kind = mix.pick(using: &state.generator)
-            if kind != .insert, state.idle[plan].isEmpty { kind = .insert }
-            guard kind != .insert else { return Claim(kind: .insert, task: UUID(), plan: plan) }
-            let index = Int.random(in: 0..<state.idle[plan].count, using: &state.generator)
-            let task = state.idle[plan].remove(at: index)
-            let next = kind == .statusChange ? Self.statusCycle[state.statuses[task] ?? "taken"] : nil
-            return Claim(kind: kind, task: task, plan: plan, nextStatus: next)
-        }
-    }
-
-    /// Frees a task after its write: a new or changed task becomes free again, a deleted one is forgotten.
-    func release(_ claim: Claim, succeeded: Bool) {
-        state.withLock { state in
-            switch claim.kind {
-            case .delete:
-                state.statuses[claim.task] = nil
-            case .insert:
-                guard succeeded else { return }
-                state.statuses[claim.task] = "taken"
-                state.idle[claim.plan].append(claim.task)
-            case .update, .statusChange:
-                if succeeded, let next = claim.nextStatus { state.statuses[claim.task] = next }
-                state.idle[claim.plan].append(claim.task)
-            }
-        }
+    /// 2xx: committed; 4xx: refused; anything else: unknown.
+    var outcome: TaskBook.Outcome {
+        guard let status else { return .unknown }
+        return (200..<300).contains(status) ? .acknowledged : (400..<500).contains(status) ? .refused : .unknown
     }
 }
 
-/// Sends writes at a steady rate (open loop: the schedule does not wait for answers, up to a cap on writes in flight).
+/// Sends task writes as editors: the write on a plan carries the token of an editor of that plan's branch, so it goes
+/// through the server's policy and row-level security as a user's would. Open loop at a rate (the S scenarios), or
+/// closed loop with a fixed number of writers (W).
 struct WriteDriver: Sendable {
     let rest: RestClient
     let plans: [UUID]
+    let ids: TaskIDs
+    /// `editorTokens[b]`: tokens of the editors of branch `b`; plan `p` is in branch `p % editorTokens.count`.
+    let editorTokens: [[String]]
     let book: TaskBook
     let mix: WriteMix
     let counters: LiveCounters
@@ -130,16 +99,41 @@ struct WriteDriver: Sendable {
     func run(rate: Double, duration: Duration, maxInFlight: Int) async -> [WriteRecord] {
         let records = Shared<[WriteRecord]>([])
         await PacedLoop(rate: rate, duration: duration, maxInFlight: maxInFlight).run { number in
-            let claim = book.claim(mix: mix)
-            let record = await send(claim, number: number)
-            book.release(claim, succeeded: record.succeeded)
+            let record = await write(number: number)
             records.withLock { $0.append(record) }
         }
         return records.value
     }
 
-    private func send(_ claim: Claim, number: Int) async -> WriteRecord {
+    /// `writers` loops, each sending its next write when the last one is answered, for `duration`.
+    func runClosedLoop(writers: Int, duration: Duration) async -> [WriteRecord] {
+        let records = Shared<[WriteRecord]>([])
+        let numbers = Counter()
+        let end = ContinuousClock.now + duration
+        await withDiscardingTaskGroup { group in
+            for _ in 0..<writers {
+                group.addTask {
+                    var mine: [WriteRecord] = []
+                    while ContinuousClock.now < end { mine.append(await write(number: numbers.add() - 1)) }
+                    records.withLock { $0.append(contentsOf: mine) }
+                }
+            }
+        }
+        return records.value.sorted { $0.number < $1.number }
+    }
+
+    private func write(number: Int) async -> WriteRecord {
+        let claim = book.claim(mix: mix, number: number)
+        let record = await send(claim, number: number)
+        book.release(claim, record.outcome)
+        return record
+    }
+
+    private func send(_ claim: TaskBook.Claim, number: Int) async -> WriteRecord {
         let plan = plans[claim.plan]
+        let task = ids.id(claim.task)
+        let editors = editorTokens[claim.plan % editorTokens.count]
+        let token = editors[number % editors.count]
         let title = "bench w\(number)\(titlePadding)"
         let sent = WallClock.microseconds()
         var status: Int?
@@ -147,26 +141,30 @@ struct WriteDriver: Sendable {
             let answer: RestClient.Answer
             switch claim.kind {
             case .insert:
-                answer = try await rest.send(.POST, "/rest/v1/tasks", json: TaskBody.insert(task: claim.task, plan: plan, title: title))
+                answer = try await rest.send(.POST, "/rest/v1/tasks", json: TaskBody.insert(task: task, plan: plan, title: title), as: token)
             case .update:
-                answer = try await rest.send(.PATCH, "/rest/v1/tasks/\(claim.task.lowercased)", json: #"{"title":"\#(title)"}"#)
+                answer = try await rest.send(.PATCH, "/rest/v1/tasks/\(task.lowercased)", json: #"{"title":"\#(title)"}"#, as: token)
             case .statusChange:
-                answer = try await rest.send(.PATCH, "/rest/v1/tasks/\(claim.task.lowercased)", json: #"{"status":"\#(claim.nextStatus ?? "done")"}"#)
+                answer = try await rest.send(.PATCH, "/rest/v1/tasks/\(task.lowercased)", json: #"{"status":"\#(claim.status)"}"#, as: token)
             case .delete:
-                answer = try await rest.send(.DELETE, "/rest/v1/tasks/\(claim.task.lowercased)")
+                answer = try await rest.send(.DELETE, "/rest/v1/tasks/\(task.lowercased)", as: token)
             }
             status = answer.status
         } catch {
             status = nil
         }
-        let acknowledged = WallClock.microseconds()
         let record = WriteRecord(
             number: number,
             kind: claim.kind,
-            task: claim.task,
+            taskIndex: claim.task,
+            task: task,
             plan: claim.plan,
+            title: claim.title,
+            toStatus: claim.status,
+            fromStatus: claim.fromStatus,
+            historyRows: claim.historyRows,
             sentMicroseconds: sent,
-            acknowledgedMicroseconds: acknowledged,
+            acknowledgedMicroseconds: WallClock.microseconds(),
             status: status
         )
         if record.succeeded {
@@ -176,6 +174,4 @@ struct WriteDriver: Sendable {
         }
         return record
     }
-
-    typealias Claim = TaskBook.Claim
 }
