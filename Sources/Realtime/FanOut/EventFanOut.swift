@@ -40,18 +40,34 @@ struct EventFanOut {
         return Policy.decide(principal, memberships, .read, resource, inBranch: branch) == .allowed
     }
 
-    /// The frame for a subscriber reached by the deliveries in `mask`, or nil if it may not or does not want to see it.
-    mutating func frame(for subscriber: Subscriber, mask: UInt8, memberships: Memberships) -> ByteBuffer? {
-        guard let (operation, readable) = decide(for: subscriber.principal, options: subscriber.options, mask: mask, memberships: memberships)
-        else { return nil }
+    /// Who reads the event, and what they already hold.
+    struct Reader {
+        let principal: Principal
+        let options: SubscriptionOptions
+        /// An event this covers (its sequence, or a snapshot that saw its transaction) is not shown again.
+        let holds: Cursor
+    }
+
+    /// How `reader`, reached by the deliveries in `mask`, sees the event: the operation it is shown as and the
+    /// deliveries it may read; nil when it already holds it, may not see it or does not want it. The one decision for
+    /// live fan-out (through ``frame(for:mask:memberships:)``), catch-up and polls alike.
+    mutating func view(for reader: Reader, mask: UInt8, memberships: Memberships) -> (operation: ChangeEvent.Operation, readable: UInt8)? {
+        guard mask != 0, !reader.holds.covers(sequence: event.sequence, xid: event.xid) else { return nil }
+        return decide(for: reader.principal, options: reader.options, mask: mask, memberships: memberships)
+    }
+
+    /// The frame (shared by every reader who sees the event the same way) for a reader reached by the deliveries in
+    /// `mask`, or nil when ``view(for:mask:memberships:)`` shows it nothing.
+    mutating func frame(for reader: Reader, mask: UInt8, memberships: Memberships) -> ByteBuffer? {
+        guard let (operation, readable) = view(for: reader, mask: mask, memberships: memberships) else { return nil }
         if let frame = frames.first(where: { $0.operation == operation && $0.mask == readable }) { return frame.bytes }
         let bytes = SSEFrame.change(event.placed(as: operation), channels: channels(readable))
         frames.append((operation, readable, bytes))
         return bytes
     }
 
-    /// How a principal reached by the deliveries in `mask` sees the event: the operation it is delivered as and the
-    /// deliveries it may read; nil when it may not or does not want to see it. Polls use this directly.
+    /// How a principal reached by the deliveries in `mask` sees the event, whatever it holds already: the operation it
+    /// is delivered as and the deliveries it may read; nil when it may not or does not want to see it.
     mutating func decide(
         for principal: Principal,
         options: SubscriptionOptions,

@@ -267,12 +267,10 @@ public final class Hub: Sendable {
                     return frames
                 }
                 subscriber.noteSnapshotSettling(event)
-                if let snapshot = subscriber.snapshot, snapshot.sawCommitted(event.xid) { continue }
                 var fanOut = EventFanOut(event)
                 let mask = fanOut.mask(for: subscriber.channels)
-                guard mask != 0 else { continue }
                 let memberships = history?.memberships(at: event.sequence) ?? Memberships()
-                if let shared = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) {
+                if let shared = fanOut.frame(for: subscriber.reader(holding: readThrough), mask: mask, memberships: memberships) {
                     let bytes = subscriber.frame(shared, sequence: event.sequence)
                     frames.append(.frame(bytes, sequence: event.sequence, committedAt: event.commitTime.timeIntervalSince1970))
                     readThrough = event.sequence

@@ -137,13 +137,13 @@ struct HubState {
             let mask = subscriber.deliveryMask
             subscriber.deliveryMask = 0
             guard event.sequence > subscriber.lastSequence else { continue }
-            if let snapshot = subscriber.snapshot, snapshot.sawCommitted(event.xid) { continue }
             if subscriber.isExpired(at: now) {
                 end(subscriber, .tokenExpired, logger: logger)
                 continue
             }
             let memberships = memberships(of: subscriber.principal)
-            guard let shared = fanOut.frame(for: subscriber, mask: mask, memberships: memberships) else { continue }
+            guard let shared = fanOut.frame(for: subscriber.reader(holding: subscriber.lastSequence), mask: mask, memberships: memberships)
+            else { continue }
             let bytes = subscriber.frame(shared, sequence: event.sequence)
             outbox.append((subscriber, .frame(bytes, sequence: event.sequence, committedAt: committedAt)))
             subscriber.lastSequence = event.sequence

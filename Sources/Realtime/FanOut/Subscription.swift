@@ -88,6 +88,12 @@ final class Subscriber {
         }
     }
 
+    /// It as a reader of events (``EventFanOut/view(for:mask:memberships:)``) that holds every event up to `sequence`,
+    /// and those its snapshot saw.
+    func reader(holding sequence: Int64) -> EventFanOut.Reader {
+        EventFanOut.Reader(principal: principal, options: options, holds: Cursor(sequence: sequence, snapshot: snapshot))
+    }
+
     func isExpired(at now: Date) -> Bool { expiresAt.map { $0 <= now } ?? false }
 
     /// Whether a TRUNCATE event empties a table this subscription streams (a table it asked for, on one of its channels),

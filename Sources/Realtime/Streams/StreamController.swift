@@ -222,12 +222,10 @@ struct StreamController {
                         break readLoop
                     }
                     if snapshot?.isSettled(by: event.xid) == true { snapshot = nil }
-                    guard !cursor.covers(sequence: event.sequence, xid: event.xid) else { continue }
                     var fanOut = EventFanOut(event)
-                    let mask = fanOut.mask(for: channels)
                     let memberships = history?.memberships(at: event.sequence) ?? Memberships()
-                    guard mask != 0,
-                        let (operation, readable) = fanOut.decide(for: principal, options: options, mask: mask, memberships: memberships)
+                    let reader = EventFanOut.Reader(principal: principal, options: options, holds: cursor)
+                    guard let (operation, readable) = fanOut.view(for: reader, mask: fanOut.mask(for: channels), memberships: memberships)
                     else { continue }
                     let id = Cursor(sequence: event.sequence, snapshot: snapshot).description
                     found.append(SSEFrame.changeJSON(event.placed(as: operation), channels: fanOut.channels(readable), id: id))
