@@ -21,7 +21,7 @@ struct AdminController {
     @Sendable func listBranches(request: Request, context: AppRequestContext) async throws -> Response {
         let principal = try context.requirePrincipal()
         let rows = try await database.withRequestTransaction(as: principal) { transaction in
-            let memberships = try await transaction.memberships()
+            let memberships = transaction.memberships()
             return try await transaction.texts(
                 """
                 SELECT row_to_json(b)::text FROM branch b
@@ -56,7 +56,7 @@ struct AdminController {
         let (body, bytes) = try await request.jsonObject(limit: maxBodyBytes)
         let fields = try Self.fields(body, allowed: ["id": .uuid, "display_name": .text], required: ["display_name"], table: "app_user")
         return try await database.withIdempotentCreate(as: principal, Idempotency(request: request, body: bytes)) { transaction in
-            guard Policy.mayCreateUser(principal, try await transaction.memberships()) else {
+            guard Policy.mayCreateUser(principal, transaction.memberships()) else {
                 throw APIError.forbidden("Only the service role or a branch admin creates users.")
             }
             return try await transaction.texts(
@@ -129,7 +129,7 @@ struct AdminController {
 
     /// 404 when the branch does not exist or the caller is not in it; 403 when their role is too low.
     private func requireBranch(_ branch: UUID, access: Access, in transaction: RequestTransaction) async throws {
-        let memberships = try await transaction.memberships()
+        let memberships = transaction.memberships()
         let exists = try await !transaction.query("SELECT 1 FROM branch WHERE id = \(branch)").isEmpty
         let decision = Policy.decide(transaction.principal, memberships, access, .branchMember, inBranch: branch)
         guard exists, decision != .notVisible else { throw APIError.notFound("No branch with id \(branch.uuidString.lowercased()).") }

@@ -19,7 +19,7 @@ struct SnapshotController {
         let plan = try context.uuidParameter("id")
         let body = try await database.withRequestTransaction(as: context.requirePrincipal(), repeatableRead: true) { transaction in
             let cursor = try await Self.cursor(in: transaction)
-            let store = RowStore(schema: .plan, transaction: transaction, memberships: try await transaction.memberships())
+            let store = RowStore(schema: .plan, transaction: transaction, memberships: transaction.memberships())
             let planRow = try await store.get(plan)
             let tasks = try await transaction.texts(
                 "SELECT row_to_json(t)::text FROM task t WHERE t.plan_id = \(plan) ORDER BY t.starts_at, t.id"
@@ -34,7 +34,7 @@ struct SnapshotController {
         let principal = try context.requirePrincipal()
         let body = try await database.withRequestTransaction(as: principal, repeatableRead: true) { transaction in
             let cursor = try await Self.cursor(in: transaction)
-            let memberships = try await transaction.memberships()
+            let memberships = transaction.memberships()
             guard Policy.decide(principal, memberships, .read, .clientCard, inBranch: branch) == .allowed else {
                 throw APIError.notFound("No branch with id \(branch.uuidString.lowercased()).")
             }

@@ -61,14 +61,21 @@ public struct Database: Sendable {
             do {
                 let role = principal.isService ? "realtime_service" : "realtime_authenticated"
                 let userID = principal.userID?.uuidString.lowercased() ?? ""
-                try await connection.queryIfOpen(
+                // One round trip sets the caller and reads their memberships (for the Swift policy). The statement is
+                // planned as the connecting role, whose policy reads every membership: it reads the caller's own,
+                // which their role may read too.
+                let rows = try await connection.rowsIfOpen(
                     """
-                    SELECT set_config('role', \(role), true), set_config('realtime.user_id', \(userID), true),
+                    SELECT (SELECT coalesce(json_object_agg(branch_id, role), '{}')::text FROM branch_member
+                            WHERE user_id = nullif(\(userID), '')::uuid),
+                           set_config('role', \(role), true), set_config('realtime.user_id', \(userID), true),
                            set_config('realtime.principal', \(principal.key), true)
                     """,
                     logger: logger
                 )
-                let result = try await body(RequestTransaction(connection: connection, principal: principal, logger: logger))
+                let memberships = try Self.memberships(fromJSON: rows.first?.decode(String.self) ?? "{}", of: principal)
+                let transaction = RequestTransaction(connection: connection, principal: principal, memberships: memberships, logger: logger)
+                let result = try await body(transaction)
                 try await connection.queryIfOpen("COMMIT", logger: logger)
                 return result
             } catch {
@@ -83,6 +90,17 @@ public struct Database: Sendable {
                 throw error
             }
         }
+    }
+
+    /// Memberships from `{"<branch id>": "<role>", …}`; none for the service role.
+    static func memberships(fromJSON text: String, of principal: Principal) throws -> Memberships {
+        guard case .user = principal else { return Memberships() }
+        let object = try JSONDecoder().decode([String: String].self, from: Data(text.utf8))
+        var roles: [UUID: MemberRole] = [:]
+        for (branch, role) in object {
+            if let branch = UUID(uuidString: branch), let role = MemberRole(rawValue: role) { roles[branch] = role }
+        }
+        return Memberships(roles)
     }
 
     /// Whether the database answers and every migration file is applied.
@@ -101,7 +119,15 @@ public struct Database: Sendable {
 public struct RequestTransaction: Sendable {
     public let connection: PostgresConnection
     public let principal: Principal
+    private let prefetchedMemberships: Memberships
     let logger: Logger
+
+    init(connection: PostgresConnection, principal: Principal, memberships: Memberships, logger: Logger) {
+        self.connection = connection
+        self.principal = principal
+        self.prefetchedMemberships = memberships
+        self.logger = logger
+    }
 
     /// Runs a statement and returns its rows.
     @discardableResult
@@ -114,17 +140,8 @@ public struct RequestTransaction: Sendable {
         try await connection.rowsIfOpen(query, logger: logger).map { try $0.decode(String.self) }
     }
 
-    /// The caller's branch memberships (empty for the service role, which needs none).
-    public func memberships() async throws -> Memberships {
-        guard case .user(let userID) = principal else { return Memberships() }
-        var roles: [UUID: MemberRole] = [:]
-        let rows = try await connection.rowsIfOpen("SELECT branch_id, role FROM branch_member WHERE user_id = \(userID)", logger: logger)
-        for row in rows {
-            let (branch, role) = try row.decode((UUID, String).self)
-            if let role = MemberRole(rawValue: role) { roles[branch] = role }
-        }
-        return Memberships(roles)
-    }
+    /// The caller's branch memberships as the transaction began (empty for the service role, which needs none).
+    public func memberships() -> Memberships { prefetchedMemberships }
 }
 
 extension PSQLError {

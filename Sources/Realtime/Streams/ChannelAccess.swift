@@ -17,7 +17,7 @@ struct ChannelAccess: Sendable {
     @discardableResult
     func check(_ principal: Principal, _ channels: Set<Channel>) async throws -> Memberships {
         try await database.withRequestTransaction(as: principal) { transaction in
-            let memberships = try await transaction.memberships()
+            let memberships = transaction.memberships()
             for channel in channels {
                 switch channel {
                 case .branch(let branch):
