@@ -60,9 +60,12 @@ struct SSEParser {
                 line(UnsafeRawBufferPointer(start: base + start, count: newline - start), onFrame: onFrame)
             } else {
                 partialLine.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: newline - start))
-                let whole = partialLine
-                partialLine.removeAll(keepingCapacity: true)
+                // Taken out (not copied) while it is parsed, and put back emptied: its storage is kept for the next.
+                var whole: [UInt8] = []
+                swap(&whole, &partialLine)
                 whole.withUnsafeBytes { line($0, onFrame: onFrame) }
+                whole.removeAll(keepingCapacity: true)
+                partialLine = whole
             }
             start = newline + 1
         }
