@@ -31,8 +31,10 @@ struct LoadOptions: ParsableArguments {
     @Option(help: "Most seconds to wait after the last write for the feed (realtime) or the frames (nchan) to catch up.")
     var drainSeconds: Double = 120
 
-    @Option(help: "Event-loop threads of the tool.")
-    var threads = 2
+    /// One by default: the frames of one write reach many streams at once, and one loop then reads them all in one
+    /// wake-up where two loops would each wake; on 2 cores shared with the server, a wake-up costs more than a frame.
+    @Option(help: "Event-loop threads of the tool's subscribers.")
+    var threads = 1
 
     @Option(help: "Pid of the server process (realtime, or nginx's master) whose memory and CPU to read.")
     var serverPid: Int32?

@@ -1,4 +1,8 @@
-import NIOCore
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
 
 /// One frame of a Server-Sent Events stream, as much of it as the load tool needs.
 enum SSEFrameKind: Equatable, Sendable {
@@ -45,23 +49,27 @@ struct SSEParser {
         self.factsReader = factsReader
     }
 
-    /// Parses the bytes of one read, calling `onFrame` for every complete frame.
-    mutating func feed(_ buffer: ByteBuffer, onFrame: (SSEFrameKind) -> Void) {
-        buffer.withUnsafeReadableBytes { bytes in
-            var start = 0
-            while let newline = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) {
-                if partialLine.isEmpty {
-                    line(UnsafeRawBufferPointer(rebasing: bytes[start..<newline]), onFrame: onFrame)
-                } else {
-                    partialLine.append(contentsOf: bytes[start..<newline])
-                    let whole = partialLine
-                    partialLine.removeAll(keepingCapacity: true)
-                    whole.withUnsafeBytes { line($0, onFrame: onFrame) }
-                }
-                start = newline + 1
+    /// Parses `bytes` (body bytes, in order, in any pieces), calling `onFrame` for every complete frame.
+    mutating func feed(_ bytes: UnsafeRawBufferPointer, onFrame: (SSEFrameKind) -> Void) {
+        guard let base = bytes.baseAddress else { return }
+        let count = bytes.count
+        var start = 0
+        while start < count, let found = memchr(base + start, Int32(UInt8(ascii: "\n")), count - start) {
+            let newline = base.distance(to: UnsafeRawPointer(found))
+            if partialLine.isEmpty {
+                line(UnsafeRawBufferPointer(start: base + start, count: newline - start), onFrame: onFrame)
+            } else {
+                partialLine.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: newline - start))
+                // Taken out (not copied) while it is parsed, and put back emptied: its storage is kept for the next.
+                var whole: [UInt8] = []
+                swap(&whole, &partialLine)
+                whole.withUnsafeBytes { line($0, onFrame: onFrame) }
+                whole.removeAll(keepingCapacity: true)
+                partialLine = whole
             }
-            if start < bytes.count { partialLine.append(contentsOf: bytes[start...]) }
+            start = newline + 1
         }
+        if start < count { partialLine.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: count - start)) }
     }
 
     private mutating func line(_ raw: UnsafeRawBufferPointer, onFrame: (SSEFrameKind) -> Void) {

@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import Synchronization
 
@@ -65,17 +64,21 @@ final class OutcomeSink: Sendable {
 /// A raw HTTP/1.1 SSE subscriber: sends one GET, reads the answer's status, then parses frames as they arrive and
 /// stamps each with the wall-clock time of the read that completed it.
 ///
+/// It is the only handler in its pipeline: it decodes the HTTP answer itself (``HTTPStreamDecoder``) and the SSE lines
+/// in place from the read's buffer, so a read costs no allocation beyond the receipts it keeps.
+///
 /// Everything it learns stays on its event loop until the connection closes, when it goes to the ``OutcomeSink`` at
-/// once. Only the shared counters are touched across threads.
+/// once. Only the shared counters are touched across threads, once per read.
 final class SubscriberHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private let target: SubscriberTarget
     private let host: String
     private let counters: LiveCounters
     private let sink: OutcomeSink
     private let answered: EventLoopPromise<Int>
+    private var decoder = HTTPStreamDecoder()
     private var parser: SSEParser
     private var status: Int?
     private var receipts: [Receipt] = []
@@ -83,6 +86,7 @@ final class SubscriberHandler: ChannelInboundHandler {
     private var endReason: String?
     private var bodyBytes = 0
     private var isAnswered = false
+    private var isClosing = false
 
     init(
         target: SubscriberTarget,
@@ -102,42 +106,53 @@ final class SubscriberHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        var headers = HTTPHeaders()
-        headers.add(name: "Host", value: host)
-        headers.add(name: "Accept", value: "text/event-stream")
-        if let token = target.bearerToken { headers.add(name: "Authorization", value: "Bearer \(token)") }
-        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: target.path, headers: headers)
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        var request = "GET \(target.path) HTTP/1.1\r\nHost: \(host)\r\nAccept: text/event-stream\r\n"
+        if let token = target.bearerToken { request += "Authorization: Bearer \(token)\r\n" }
+        request += "\r\n"
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: request)), promise: nil)
         context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            status = Int(head.status.code)
-            answer(Int(head.status.code))
-            if head.status == .ok {
-                counters.openStreams.add(1, ordering: .relaxed)
-            } else {
-                context.close(promise: nil)
-            }
-        case .body(let buffer):
-            bodyBytes += buffer.readableBytes
-            let now = WallClock.microseconds()
-            var changes = 0
-            parser.feed(buffer) { frame in
-                switch frame {
-                case .change(let sequence, let facts):
-                    receipts.append(Receipt(sequence: sequence, microseconds: now, facts: facts))
-                    changes += 1
-                case .control(let name):
-                    controlEvents.append(name)
+        guard !isClosing else { return }
+        let buffer = unwrapInboundIn(data)
+        var now: Int64 = 0
+        var changes = 0
+        var ended = false
+        do {
+            try buffer.withUnsafeReadableBytes { bytes in
+                try decoder.feed(bytes) { part in
+                    switch part {
+                    case .head(let code):
+                        status = code
+                        answer(code)
+                        if code == 200 { counters.openStreams.add(1, ordering: .relaxed) } else { ended = true }
+                    case .body(let body):
+                        guard !ended else { return }
+                        bodyBytes += body.count
+                        if now == 0 { now = WallClock.microseconds() }
+                        parser.feed(body) { frame in
+                            switch frame {
+                            case .change(let sequence, let facts):
+                                receipts.append(Receipt(sequence: sequence, microseconds: now, facts: facts))
+                                changes += 1
+                            case .control(let name):
+                                controlEvents.append(name)
+                            }
+                        }
+                    case .end:
+                        if status == 200 { endReason = endReason ?? "server_ended_stream" }
+                        ended = true
+                    }
                 }
             }
-            if changes > 0 { counters.frames.add(changes, ordering: .relaxed) }
-        case .end:
-            endReason = endReason ?? "server_ended_stream"
+        } catch {
+            endReason = endReason ?? "error: \(error)"
+            ended = true
+        }
+        if changes > 0 { counters.frames.add(changes, ordering: .relaxed) }
+        if ended {
+            isClosing = true
             context.close(promise: nil)
         }
     }
@@ -196,9 +211,10 @@ struct SubscriberConnector: Sendable {
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.seconds(15))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            // One fixed buffer per connection, reused by every read: no resizing, and a burst comes in one read.
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16 * 1024))
             .channelInitializer { [source, factsReader, counters, sink] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(
                         SubscriberHandler(
                             target: target,
