@@ -41,7 +41,8 @@ struct RowController {
         var request = request
         let (body, bytes) = try await request.jsonObject(limit: maxBodyBytes)
         let idempotency = try Idempotency(request: request, body: bytes)
-        return try await database.withIdempotentCreate(as: context.requirePrincipal(), idempotency) { transaction in
+        let rows = RowStore.rowsToLocate(in: schema, changing: nil, body: body)
+        return try await database.withIdempotentCreate(as: context.requirePrincipal(), idempotency, locating: rows) { transaction in
             try await RowStore(schema: schema, transaction: transaction, memberships: transaction.memberships()).create(body)
         }
     }
@@ -50,7 +51,8 @@ struct RowController {
         let id = try context.uuidParameter("id")
         var request = request
         let (body, _) = try await request.jsonObject(limit: maxBodyBytes)
-        let row = try await database.withRequestTransaction(as: context.requirePrincipal()) { transaction in
+        let rows = RowStore.rowsToLocate(in: schema, changing: id, body: body)
+        let row = try await database.withRequestTransaction(as: context.requirePrincipal(), locating: rows) { transaction in
             try await RowStore(schema: schema, transaction: transaction, memberships: transaction.memberships()).update(id, body)
         }
         return .json(.ok, row)
@@ -58,7 +60,8 @@ struct RowController {
 
     @Sendable func delete(request: Request, context: AppRequestContext) async throws -> Response {
         let id = try context.uuidParameter("id")
-        try await database.withRequestTransaction(as: context.requirePrincipal()) { transaction in
+        let rows = RowStore.rowsToLocate(in: schema, changing: id, body: [:])
+        try await database.withRequestTransaction(as: context.requirePrincipal(), locating: rows) { transaction in
             try await RowStore(schema: schema, transaction: transaction, memberships: transaction.memberships()).delete(id)
         }
         return .noContent
@@ -71,9 +74,10 @@ extension Database {
     func withIdempotentCreate(
         as principal: Principal,
         _ idempotency: Idempotency?,
+        locating rows: [RowLocation] = [],
         _ create: @escaping (RequestTransaction) async throws -> String
     ) async throws -> Response {
-        let (status, body, replayed) = try await withRequestTransaction(as: principal) { transaction in
+        let (status, body, replayed) = try await withRequestTransaction(as: principal, locating: rows) { transaction in
             if let idempotency, let stored = try await idempotency.claim(in: transaction) {
                 return (stored.status, stored.body, true)
             }

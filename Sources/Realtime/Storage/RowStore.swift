@@ -157,10 +157,20 @@ struct RowStore {
 
     // MARK: Policy and references
 
+    /// The rows whose branch a write needs (the row it changes, the rows its body references), for the transaction to
+    /// locate in its first statement.
+    static func rowsToLocate(in schema: TableSchema, changing id: UUID?, body: [String: JSONValue]) -> [RowLocation] {
+        var rows = id.map { [RowLocation(table: schema.table, id: $0)] } ?? []
+        for reference in schema.references {
+            guard case .string(let value)? = body[reference.column], let target = UUID(uuidString: value) else { continue }
+            rows.append(RowLocation(table: reference.table, id: target))
+        }
+        return rows
+    }
+
     /// The branch of an existing row the caller may see; 404 otherwise.
     private func visibleBranch(of id: UUID) async throws -> UUID {
-        let rows = try await transaction.query(PostgresQuery(unsafeSQL: "SELECT branch_id FROM \(table) WHERE id = $1", binds: binds(id)))
-        guard let branch = try rows.first?.decode(UUID.self),
+        guard let branch = try await transaction.branch(of: RowLocation(table: schema.table, id: id)),
             Policy.decide(principal, memberships, .read, schema.resource, inBranch: branch) == .allowed
         else { throw notFound(id) }
         return branch
@@ -189,10 +199,7 @@ struct RowStore {
 
     /// The branch of a referenced row the caller may see; 422 `invalid_reference` when there is none.
     private func referencedBranch(_ reference: Reference, _ id: UUID) async throws -> UUID {
-        let rows = try await transaction.query(
-            PostgresQuery(unsafeSQL: "SELECT branch_id FROM \(identifier(reference.table)) WHERE id = $1", binds: binds(id))
-        )
-        guard let branch = try rows.first?.decode(UUID.self),
+        guard let branch = try await transaction.branch(of: RowLocation(table: reference.table, id: id)),
             Policy.decide(principal, memberships, .read, .plan, inBranch: branch) == .allowed
         else {
             throw APIError.invalidReference("\(reference.column) \(id.uuidString.lowercased()) does not name a \(reference.table) you can see.")
