@@ -77,7 +77,7 @@ struct RealtimeScenario: AsyncParsableCommand {
             branches: branches,
             plans: options.channels,
             members: subscribers.map(\.member),
-            editorsPerBranch: writing.editorsPerBranch,
+            editorsPerBranch: writing.editorsPerBranch(rate: options.rate, branches: branches),
             tasksPerPlan: writing.tasksPerPlan,
             concurrency: setupConcurrency
         )
@@ -144,11 +144,13 @@ struct RealtimeScenario: AsyncParsableCommand {
             settings: .init(
                 subscribers: options.subscribers, channels: options.channels, branches: branches, writesPerSecond: options.rate,
                 durationSeconds: options.duration, negativeControlShare: negativeShare, mix: mix, payloadBytes: nil, toolThreads: options.threads,
-                roles: roles, editorsPerBranch: writing.editorsPerBranch),
+                roles: roles, editorsPerBranch: writing.editorsPerBranch(rate: options.rate, branches: branches)),
             connect: connect.report,
             memory: end.memory(connect),
             cpu: end.cpu(connect, delivered: result.check.delivered, writes: ledger.writes.count),
-            writes: .summary(of: writes, seconds: writeSeconds, writtenAs: "editors (\(writing.editorsPerBranch) per branch)"),
+            writes: .summary(
+                of: writes, seconds: writeSeconds,
+                writtenAs: "editors (\(writing.editorsPerBranch(rate: options.rate, branches: branches)) per branch)"),
             feed: .init(
                 events: events.count, writesInFeed: attribution.writesInFeed, writesMissingFromFeed: attribution.writesMissingFromFeed,
                 unmatchedEvents: attribution.unmatchedEvents, eventsPerWriteKind: attribution.eventsPerWriteKind),

@@ -69,8 +69,20 @@ struct LoadOptions: ParsableArguments {
 
 /// The options of the scenarios that write tasks as editors (the realtime S scenarios and W).
 struct WriteOptions: ParsableArguments {
-    @Option(help: "Editors per branch who make the writes (each write on a plan carries the token of an editor of its branch).")
-    var editorsPerBranch = 4
+    @Option(
+        name: .customLong("editors-per-branch"),
+        help: """
+            Editors per branch who make the writes (each write on a plan carries the token of an editor of its branch). \
+            By default enough that each writes at most 5 a second, well inside the server's per-user write limit \
+            (20/s): at least 4, for S at its rate, 64 for W's closed loop.
+            """
+    )
+    var editorsPerBranchAsked: Int?
+
+    /// The editors per branch: as asked, or enough that each makes at most 5 writes a second at `rate` over `branches`.
+    func editorsPerBranch(rate: Double, branches: Int) -> Int {
+        editorsPerBranchAsked ?? max(4, Int((rate / Double(max(1, branches)) / 5).rounded(.up)))
+    }
 
     @Option(help: "Write mix in percent, e.g. insert=30,update=30,status_change=25,delete=15.")
     var mix = "insert=30,update=30,status_change=25,delete=15"

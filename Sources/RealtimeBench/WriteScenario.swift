@@ -50,7 +50,8 @@ struct WriteScenario: AsyncParsableCommand {
         let log = options.log
         let ids = TaskIDs()
         let shape = Fixture.Shape(
-            branches: branches, plans: options.channels, members: [], editorsPerBranch: writing.editorsPerBranch, tasksPerPlan: writing.tasksPerPlan,
+            branches: branches, plans: options.channels, members: [],
+            editorsPerBranch: writing.editorsPerBranch(rate: 5 * 64 * Double(branches), branches: branches), tasksPerPlan: writing.tasksPerPlan,
             concurrency: 32)
         let fixture = try await Fixture.create(shape, ids: ids, rest: service, log: log)
         let lifetime = Int(options.duration) + 3600
@@ -75,13 +76,16 @@ struct WriteScenario: AsyncParsableCommand {
         let feedEnd = try await fixture.awaitFeed(rest: service, timeout: .milliseconds(Int64(options.drainSeconds * 1000)))
         let catchUp = (ContinuousClock.now - writeStart).seconds - writeSeconds
         let end = await WindowEnd(window, probes: probes, tool: tool, counters: counters)
-        let summary = ScenarioReport.Writes.summary(of: writes, seconds: writeSeconds, writtenAs: "editors (\(writing.editorsPerBranch) per branch)")
+        let summary = ScenarioReport.Writes.summary(
+            of: writes, seconds: writeSeconds,
+            writtenAs: "editors (\(writing.editorsPerBranch(rate: 5 * 64 * Double(branches), branches: branches)) per branch)")
         return ScenarioReport(
             mode: "writes",
             name: options.name,
             settings: .init(
                 subscribers: 0, channels: options.channels, branches: branches, writesPerSecond: 0, durationSeconds: options.duration,
-                negativeControlShare: 0, mix: mix, payloadBytes: nil, toolThreads: writerThreads, editorsPerBranch: writing.editorsPerBranch,
+                negativeControlShare: 0, mix: mix, payloadBytes: nil, toolThreads: writerThreads,
+                editorsPerBranch: writing.editorsPerBranch(rate: 5 * 64 * Double(branches), branches: branches),
                 writers: writers),
             connect: nil,
             memory: end.memory(nil),
