@@ -120,7 +120,7 @@ struct PolicyEquivalenceTests {
                     let memberships = principal.userID.map { hub.memberships(of: $0) } ?? Memberships()
                     for event in latest.values where event.operation != .delete && Self.tables.contains(event.table) {
                         var fanOut = EventFanOut(event)
-                        let everything = UInt8((1 << fanOut.deliveries.count) - 1)
+                        let everything = EventFanOut.DeliveryMask((1 << fanOut.deliveries.count) - 1)
                         let decision = fanOut.decide(for: principal, options: SubscriptionOptions(), mask: everything, memberships: memberships)
                         if let decision, decision.operation != .delete { fromHub[event.table, default: []].insert(Self.rowID(event)) }
                     }
@@ -160,7 +160,7 @@ struct PolicyEquivalenceTests {
                         for mask in 1..<(1 << fanOut.deliveries.count) {
                             guard
                                 let decision = fanOut.decide(
-                                    for: principal, options: SubscriptionOptions(), mask: UInt8(mask), memberships: memberships)
+                                    for: principal, options: SubscriptionOptions(), mask: EventFanOut.DeliveryMask(mask), memberships: memberships)
                             else { continue }
                             let frame = String(
                                 buffer: SSEFrame.change(event.placed(as: decision.operation), channels: fanOut.channels(decision.readable)))

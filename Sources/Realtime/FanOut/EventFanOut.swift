@@ -8,6 +8,9 @@ import NIOCore
 /// the row is on one of those channels before and after the change, a DELETE when only before, an INSERT when only
 /// after. Its `channels` name every one of those channels. Each distinct frame is encoded once and shared.
 struct EventFanOut {
+    /// One bit per delivery of an event (``deliveries``): which of them reach a subscriber, or which it may read.
+    typealias DeliveryMask = UInt64
+
     let event: ChangeEvent
     let deliveries: [ChannelPlacement]
     private let resource: Resource
@@ -15,12 +18,12 @@ struct EventFanOut {
     private var oldRow: LazyRow
     /// For a move-out DELETE: the row as it was before the change, decoded only if a filter needs it.
     private var rowBeforeMove: LazyRow?
-    private var frames: [(operation: ChangeEvent.Operation, mask: UInt8, bytes: ByteBuffer)] = []
+    private var frames: [(operation: ChangeEvent.Operation, mask: DeliveryMask, bytes: ByteBuffer)] = []
 
     init(_ event: ChangeEvent) {
         self.event = event
         let deliveries = Channel.placements(of: event)
-        precondition(deliveries.count <= UInt8.bitWidth, "An event has at most four deliveries.")
+        precondition(deliveries.count <= DeliveryMask.bitWidth, "An event has at most \(DeliveryMask.bitWidth) deliveries.")
         self.deliveries = deliveries
         resource = Resource(rawValue: event.table) ?? .branch
         newRow = LazyRow(text: event.record)
@@ -28,8 +31,8 @@ struct EventFanOut {
     }
 
     /// The deliveries on these channels, one bit each.
-    func mask(for channels: Set<Channel>) -> UInt8 {
-        var mask: UInt8 = 0
+    func mask(for channels: Set<Channel>) -> DeliveryMask {
+        var mask: DeliveryMask = 0
         for (index, delivery) in deliveries.enumerated() where channels.contains(delivery.channel) { mask |= 1 << index }
         return mask
     }
@@ -51,14 +54,16 @@ struct EventFanOut {
     /// How `reader`, reached by the deliveries in `mask`, sees the event: the operation it is shown as and the
     /// deliveries it may read; nil when it already holds it, may not see it or does not want it. The one decision for
     /// live fan-out (through ``frame(for:mask:memberships:)``), catch-up and polls alike.
-    mutating func view(for reader: Reader, mask: UInt8, memberships: Memberships) -> (operation: ChangeEvent.Operation, readable: UInt8)? {
+    mutating func view(for reader: Reader, mask: DeliveryMask, memberships: Memberships) -> (
+        operation: ChangeEvent.Operation, readable: DeliveryMask
+    )? {
         guard mask != 0, !reader.holds.covers(sequence: event.sequence, xid: event.xid) else { return nil }
         return decide(for: reader.principal, options: reader.options, mask: mask, memberships: memberships)
     }
 
     /// The frame (shared by every reader who sees the event the same way) for a reader reached by the deliveries in
     /// `mask`, or nil when ``view(for:mask:memberships:)`` shows it nothing.
-    mutating func frame(for reader: Reader, mask: UInt8, memberships: Memberships) -> ByteBuffer? {
+    mutating func frame(for reader: Reader, mask: DeliveryMask, memberships: Memberships) -> ByteBuffer? {
         guard let (operation, readable) = view(for: reader, mask: mask, memberships: memberships) else { return nil }
         if let frame = frames.first(where: { $0.operation == operation && $0.mask == readable }) { return frame.bytes }
         let bytes = SSEFrame.change(event.placed(as: operation), channels: channels(readable))
@@ -71,10 +76,10 @@ struct EventFanOut {
     mutating func decide(
         for principal: Principal,
         options: SubscriptionOptions,
-        mask: UInt8,
+        mask: DeliveryMask,
         memberships: Memberships
-    ) -> (operation: ChangeEvent.Operation, readable: UInt8)? {
-        var readable: UInt8 = 0
+    ) -> (operation: ChangeEvent.Operation, readable: DeliveryMask)? {
+        var readable: DeliveryMask = 0
         var before = false
         var after = false
         for (index, delivery) in deliveries.enumerated() where mask & (1 << index) != 0 {
@@ -102,7 +107,7 @@ struct EventFanOut {
     }
 
     /// The channels of the deliveries in `mask`.
-    func channels(_ mask: UInt8) -> [Channel] {
+    func channels(_ mask: DeliveryMask) -> [Channel] {
         deliveries.indices.filter { mask & (1 << $0) != 0 }.map { deliveries[$0].channel }
     }
 }

@@ -44,7 +44,7 @@ final class Subscriber {
     /// The earliest event after the snapshot's cursor known to settle the snapshot (``Cursor/Snapshot/isSettled(by:)``).
     var snapshotSettledAt: Int64?
     /// While one event fans out: which of its deliveries reach this subscriber, one bit per delivery.
-    var deliveryMask: UInt8 = 0
+    var deliveryMask: EventFanOut.DeliveryMask = 0
 
     init(
         id: SubscriptionID,
