@@ -39,6 +39,9 @@ final class SocketOutlet: Sendable {
         self.shutdownRetry = shutdownRetry
     }
 
+    /// The send buffer asked of the kernel for a stream's socket (Linux doubles it for its own bookkeeping).
+    static let sendBufferBytes: SocketOptionValue = 64 * 1024
+
     /// An outlet on the stream handler of `channel`'s pipeline, which takes it as the connection's current stream.
     ///
     /// - Throws: `APIError` 500 if the pipeline has no ``StreamSocketHandler`` (the server is set up without it).
@@ -60,6 +63,13 @@ final class SocketOutlet: Sendable {
                 shutdownRetry: shutdownRetry
             )
             handler.take(outlet)
+            // The kernel's send buffer of a stream is bounded, so that a reader that stops reading is seen as slow
+            // (its channel turns unwritable) after ~`sendBufferBytes` rather than after the several MiB loopback
+            // auto-tuning allows, and a stalled stream pins that little kernel memory. An HTTP/2 stream shares its
+            // connection's socket: the option does not apply there (its channel is no socket, and refuses it).
+            if channel is any SocketOptionProvider {
+                try? channel.syncOptions?.setOption(ChannelOptions.socketOption(.so_sndbuf), value: Self.sendBufferBytes)
+            }
             outlet.state.value.writabilityChanged(to: channel.isWritable)
             return outlet
         }.get()

@@ -83,6 +83,9 @@ struct StreamController {
             outlet.close()
             throw error
         }
+        // However the stream ends — even if the response is never written because the client left first — its entry
+        // leaves the hub.
+        outlet.ended.whenComplete { [hub] _ in hub.unsubscribe(subscription) }
         do {
             needsReset = try await isBeyondRetention(cursor)
         } catch {
