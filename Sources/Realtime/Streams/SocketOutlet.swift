@@ -44,7 +44,8 @@ final class SocketOutlet: Sendable {
 
     /// An outlet on the stream handler of `channel`'s pipeline, which takes it as the connection's current stream.
     ///
-    /// - Throws: `APIError` 500 if the pipeline has no ``StreamSocketHandler`` (the server is set up without it).
+    /// - Throws: NIO's `ChannelPipelineError.notFound` if the pipeline has no ``StreamSocketHandler`` (a server set up
+    ///   without it): the request then fails with a 500.
     static func attach(
         to channel: any NIOCore.Channel,
         readThrough: Int64,
