@@ -158,7 +158,9 @@ public struct RequestTransaction: Sendable {
     /// now as the caller. The caller's Swift policy decides whether they may see it.
     func branch(of row: RowLocation) async throws -> UUID? {
         if let branch = located[row] { return branch }
-        let rows = try await query(PostgresQuery(unsafeSQL: "SELECT branch_id FROM \(identifier(row.table)) WHERE id = $1", binds: row.idBinding))
+        var builder = SQLBuilder()
+        let id = builder.bind(row.id)
+        let rows = try await query(builder.query("SELECT branch_id FROM \(identifier(row.table)) WHERE id = \(id)"))
         return try rows.first?.decode(UUID.self)
     }
 
@@ -185,12 +187,6 @@ public struct RowLocation: Hashable, Sendable {
     public init(table: String, id: UUID) {
         self.table = table
         self.id = id
-    }
-
-    fileprivate var idBinding: PostgresBindings {
-        var bindings = PostgresBindings()
-        bindings.append(id)
-        return bindings
     }
 }
 
