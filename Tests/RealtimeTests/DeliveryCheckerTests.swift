@@ -234,7 +234,9 @@ struct DeliveryCheckerTests {
                     let received = watch.stream.changes.compactMap { Int64($0.id ?? "") }
                     let revoked = removed.contains { $0.0 == watch.branch && $0.1 == watch.user }
                     let differing = Set(received).symmetricDifference(expected).sorted().compactMap { sequence in
-                        log.first { $0.sequence == sequence }.map { "\($0.sequence) \($0.table) \($0.operation) \($0.branchID?.uuidString ?? "-")" }
+                        log.first { $0.sequence == sequence }.map {
+                            "\($0.sequence) \($0.table) \($0.operation) \($0.place.branch?.uuidString ?? "-")"
+                        }
                     }
                     let context =
                         "seed \(seed): user \(watch.user) on branch \(watch.branch) (finished: \(watch.stream.isFinished), last: \(watch.stream.frames.last?.event ?? "-")): received \(received), expected \(expected); differing: \(differing); the writes ended at \(end), the log read ends at \(log.last?.sequence ?? 0)"
@@ -286,11 +288,11 @@ struct DeliveryCheckerTests {
         let after = #"{"id":"\#(id)","branch_id":"\#(to.uuidString.lowercased())","name":"c","phone":"new phone"}"#
         let time = Date()
         let insert = ChangeEvent(
-            sequence: 1, table: "client_card", operation: .insert, commitTimestamp: "t", commitTime: time, branchID: from, planID: nil,
-            taskID: nil, record: before, oldRecord: "{}")
+            sequence: 1, table: "client_card", operation: .insert, commitTimestamp: "t", commitTime: time, place: RowPlace(branch: from),
+            record: before, oldRecord: "{}")
         let move = ChangeEvent(
-            sequence: 2, table: "client_card", operation: .update, commitTimestamp: "t", commitTime: time, branchID: to, planID: nil,
-            taskID: nil, oldBranchID: from, record: after,
+            sequence: 2, table: "client_card", operation: .update, commitTimestamp: "t", commitTime: time, place: RowPlace(branch: to),
+            previousPlace: RowPlace(branch: from), record: after,
             oldRecord: #"{"branch_id":"\#(from.uuidString.lowercased())","phone":"old phone"}"#)
         let history = LogHistory([insert, move])
         func frames(_ shown: ChangeEvent) -> [SSEClient.Frame] {
@@ -437,8 +439,8 @@ struct DeliveryCheckerTests {
                 if event.sequence > start && event.operation == .delete && "\(row.user)/\(row.branch)" == key { return result }
             }
             guard event.sequence > start, member.contains(key) else { continue }
-            let old = event.oldBranchID ?? event.branchID
-            if event.branchID == watch.branch || old == watch.branch { result.append(event.sequence) }
+            let old = event.previousPlace?.branch ?? event.place.branch
+            if event.place.branch == watch.branch || old == watch.branch { result.append(event.sequence) }
         }
         return result
     }
@@ -465,7 +467,7 @@ struct DeliveryCheckerTests {
         if let asOf {
             // Before the writers started, the branches held their plans and memberships, put there by inserts.
             var rows: [String: Set<String>] = [:]
-            for event in log where event.sequence <= asOf && event.branchID == branch {
+            for event in log where event.sequence <= asOf && event.place.branch == branch {
                 switch event.operation {
                 case .insert: rows[event.table, default: []].insert(PolicyEquivalenceTests.rowID(event))
                 case .delete: rows[event.table]?.remove(PolicyEquivalenceTests.rowID(event))

@@ -34,11 +34,8 @@ private enum Fixture {
             operation: operation,
             commitTimestamp: "2024-05-01T10:00:00.123456+00:00",
             commitTime: Date(timeIntervalSince1970: 1_714_557_600),
-            branchID: branch,
-            planID: plan,
-            taskID: nil,
-            oldBranchID: oldBranch,
-            oldPlanID: oldPlan,
+            place: RowPlace(branch: branch, plan: plan),
+            previousPlace: oldBranch == nil && oldPlan == nil ? nil : RowPlace(branch: oldBranch ?? branch, plan: oldPlan ?? plan),
             record: record,
             oldRecord: oldRecord
         )
@@ -223,7 +220,7 @@ extension Subscription {
         )
         let moveOut = event.placed(as: .delete)
         #expect(moveOut.operation == .delete)
-        #expect(moveOut.planID == plan)
+        #expect(moveOut.place.plan == plan)
         #expect(moveOut.record == "{}")
         // The whole row as it was before the move: its old plan and the old value of a column changed with it.
         let before = try? JSONSerialization.jsonObject(with: Data(moveOut.oldRecord.utf8)) as? [String: String]
@@ -231,10 +228,10 @@ extension Subscription {
             before == [
                 "id": Fixture.taskA.lowercased, "branch_id": branch.lowercased, "plan_id": plan.lowercased, "status": "taken", "title": "Before",
             ])
-        #expect(moveOut.oldPlanID == nil)
+        #expect(moveOut.previousPlace == nil)
         let moveIn = event.placed(as: .insert)
         #expect(moveIn.operation == .insert)
-        #expect(moveIn.planID == newPlan)
+        #expect(moveIn.place.plan == newPlan)
         #expect(moveIn.record == record)
         #expect(moveIn.oldRecord == "{}")
         #expect(event.placed(as: .update) == event)
@@ -255,7 +252,7 @@ extension Subscription {
                 ChannelPlacement(channel: .branch(branch), operation: .delete, branchID: branch),
             ]
         )
-        #expect(event.placed(as: .delete).branchID == branch)
+        #expect(event.placed(as: .delete).place.branch == branch)
     }
 }
 

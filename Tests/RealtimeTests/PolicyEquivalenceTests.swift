@@ -143,7 +143,7 @@ struct PolicyEquivalenceTests {
                 var movesOut: Set<String> = []
                 var plainDeletes = 0
                 for event in events {
-                    let moved = event.operation == .update && (event.oldBranchID != nil || event.oldPlanID != nil)
+                    let moved = event.operation == .update && event.previousPlace != nil
                     guard let before = written.statements[event.xid] else {
                         #expect(
                             event.operation != .delete && !moved,

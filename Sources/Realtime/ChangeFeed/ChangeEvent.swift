@@ -35,13 +35,11 @@ public struct ChangeEvent: Sendable, Equatable {
     /// The commit time as ISO-8601 text (UTC), and as a date for delay measurement.
     public var commitTimestamp: String
     public var commitTime: Date
-    /// The row's branch, plan and task after the change (before it, for a DELETE).
-    public var branchID: UUID?
-    public var planID: UUID?
-    public var taskID: UUID?
-    /// For an UPDATE that moved the row: where it was before.
-    public var oldBranchID: UUID?
-    public var oldPlanID: UUID?
+    /// Where the row is after the change (where it was, for a DELETE); nil fields for a TRUNCATE. The channels it goes
+    /// to follow from this and the registry (``Channel/placements(of:)``).
+    public var place: RowPlace
+    /// For an UPDATE that moved the row to another branch or plan: where it was before. Nil when it did not move.
+    public var previousPlace: RowPlace?
     /// The new row as a JSON object (`{}` for a DELETE).
     public var record: String
     /// For an UPDATE, the previous values of the columns that changed; for a DELETE, the whole old row; else `{}`.
@@ -54,11 +52,8 @@ public struct ChangeEvent: Sendable, Equatable {
         operation: Operation,
         commitTimestamp: String,
         commitTime: Date,
-        branchID: UUID?,
-        planID: UUID?,
-        taskID: UUID?,
-        oldBranchID: UUID? = nil,
-        oldPlanID: UUID? = nil,
+        place: RowPlace,
+        previousPlace: RowPlace? = nil,
         record: String,
         oldRecord: String
     ) {
@@ -68,12 +63,21 @@ public struct ChangeEvent: Sendable, Equatable {
         self.operation = operation
         self.commitTimestamp = commitTimestamp
         self.commitTime = commitTime
-        self.branchID = branchID
-        self.planID = planID
-        self.taskID = taskID
-        self.oldBranchID = oldBranchID
-        self.oldPlanID = oldPlanID
+        self.place = place
+        self.previousPlace = previousPlace
         self.record = record
         self.oldRecord = oldRecord
+    }
+}
+
+/// Where a row is, as far as channels care: its branch, and its plan for a table whose rows stream on their plan's
+/// channel too (``TableSchema/planScopedTables``).
+public struct RowPlace: Sendable, Hashable {
+    public var branch: UUID?
+    public var plan: UUID?
+
+    public init(branch: UUID?, plan: UUID? = nil) {
+        self.branch = branch
+        self.plan = plan
     }
 }

@@ -58,9 +58,7 @@ public enum EventLog {
                 batch.commitTimes.append(transaction.commitTime)
                 batch.tableNames.append(change.table)
                 batch.operations.append(change.operation.rawValue)
-                for (column, value) in [(0, branch), (1, plan), (2, task), (3, oldBranch), (4, oldPlan)] {
-                    batch.places[column].append(value?.uuidString ?? "")
-                }
+                batch.places.append(branch: branch, plan: plan, task: task, oldBranch: oldBranch, oldPlan: oldPlan)
                 batch.newRows.append(jsonText(newRow ?? [:]))
                 batch.oldRows.append(jsonText(oldRow ?? [:]))
                 batch.changedColumns.append(JSONValue.text(ofArray: changedColumns))
@@ -74,7 +72,7 @@ public enum EventLog {
         bindings.append(batch.commitTimes)
         bindings.append(batch.tableNames)
         bindings.append(batch.operations)
-        for column in batch.places { bindings.append(column) }
+        batch.places.bind(into: &bindings)
         bindings.append(batch.newRows)
         bindings.append(batch.oldRows)
         bindings.append(batch.changedColumns)
@@ -91,8 +89,7 @@ public enum EventLog {
         var commitTimes: [Date] = []
         var tableNames: [String] = []
         var operations: [String] = []
-        /// branch, plan, task, old branch, old plan: uuid text, or "" for none.
-        var places: [[String]] = Array(repeating: [], count: 5)
+        var places = PlaceColumns()
         var newRows: [String] = []
         var oldRows: [String] = []
         /// Each an array of column names as JSON text.
@@ -106,10 +103,32 @@ public enum EventLog {
             commitTimes.append(transaction.commitTime)
             tableNames.append(table)
             operations.append(ChangeEvent.Operation.truncate.rawValue)
-            for column in places.indices { places[column].append("") }
+            places.append(branch: nil, plan: nil, task: nil, oldBranch: nil, oldPlan: nil)
             newRows.append("{}")
             oldRows.append("{}")
             changedColumns.append("[]")
+        }
+    }
+
+    /// The locating columns of a batch (``appendSQL``'s `$7`…`$11`): uuid text, or "" for none.
+    private struct PlaceColumns {
+        var branches: [String] = []
+        var plans: [String] = []
+        var tasks: [String] = []
+        /// For a moved row, its branch and plan before the change where they differ.
+        var oldBranches: [String] = []
+        var oldPlans: [String] = []
+
+        mutating func append(branch: UUID?, plan: UUID?, task: UUID?, oldBranch: UUID?, oldPlan: UUID?) {
+            branches.append(branch?.uuidString ?? "")
+            plans.append(plan?.uuidString ?? "")
+            tasks.append(task?.uuidString ?? "")
+            oldBranches.append(oldBranch?.uuidString ?? "")
+            oldPlans.append(oldPlan?.uuidString ?? "")
+        }
+
+        func bind(into bindings: inout PostgresBindings) {
+            for column in [branches, plans, tasks, oldBranches, oldPlans] { bindings.append(column) }
         }
     }
 
@@ -158,14 +177,17 @@ public enum EventLog {
     /// The columns every read of the log selects, in the order `event(from:)` decodes them.
     static let selectColumns = """
         seq, xid, table_name, op, to_char(commit_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), commit_time,
-        branch_id, plan_id, task_id, old_branch_id, old_plan_id, record::text, old_record::text
+        branch_id, plan_id, old_branch_id, old_plan_id, record::text, old_record::text
         """
 
     /// Decodes one row selected with `selectColumns`.
     static func event(from row: PostgresRow) throws -> ChangeEvent {
-        let (sequence, xid, table, op, timestamp, time, branch, plan, task, oldBranch, oldPlan, record, oldRecord) = try row.decode(
-            (Int64, Int64, String, String, String, Date, UUID?, UUID?, UUID?, UUID?, UUID?, String, String).self
+        let (sequence, xid, table, op, timestamp, time, branch, plan, oldBranch, oldPlan, record, oldRecord) = try row.decode(
+            (Int64, Int64, String, String, String, Date, UUID?, UUID?, UUID?, UUID?, String, String).self
         )
+        let place = RowPlace(branch: branch, plan: plan)
+        // The log keeps only what changed of a moved row's place (nil for a column that kept its value).
+        let moved = oldBranch != nil || oldPlan != nil
         return ChangeEvent(
             sequence: sequence,
             xid: UInt32(truncatingIfNeeded: xid),
@@ -173,11 +195,8 @@ public enum EventLog {
             operation: ChangeEvent.Operation(rawValue: op) ?? .update,
             commitTimestamp: timestamp,
             commitTime: time,
-            branchID: branch,
-            planID: plan,
-            taskID: task,
-            oldBranchID: oldBranch,
-            oldPlanID: oldPlan,
+            place: place,
+            previousPlace: moved ? RowPlace(branch: oldBranch ?? branch, plan: oldPlan ?? plan) : nil,
             record: record,
             oldRecord: oldRecord
         )

@@ -12,12 +12,10 @@ extension ChangeEvent {
         guard operation != self.operation, self.operation == .update else { return self }
         var event = self
         event.operation = operation
-        event.oldBranchID = nil
-        event.oldPlanID = nil
+        event.previousPlace = nil
         switch operation {
         case .delete:
-            event.branchID = oldBranchID ?? branchID
-            event.planID = oldPlanID ?? planID
+            event.place = previousPlace ?? place
             event.record = "{}"
             event.oldRecord = rowBeforeChange
         case .insert:

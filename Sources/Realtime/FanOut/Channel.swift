@@ -65,35 +65,35 @@ public enum Channel: Hashable, Sendable, CustomStringConvertible {
     /// Tables whose rows also stream on the channel of their plan (from the registry); the others only on their branch's.
     static let planScopedTables = TableSchema.planScopedTables
 
-    /// The channels a row of `table` at this branch and plan belongs to: its plan's first, then its branch's.
-    static func channels(table: String, branchID: UUID?, planID: UUID?) -> [Channel] {
+    /// The channels a row of `table` at `place` belongs to: its plan's first (for a plan-scoped table), then its
+    /// branch's.
+    static func channels(of table: String, at place: RowPlace) -> [Channel] {
         var channels: [Channel] = []
-        if let planID, planScopedTables.contains(table) { channels.append(.plan(planID)) }
-        if let branchID { channels.append(.branch(branchID)) }
+        if let plan = place.plan, planScopedTables.contains(table) { channels.append(.plan(plan)) }
+        if let branch = place.branch { channels.append(.branch(branch)) }
         return channels
     }
 
     /// On which channels an event is delivered, and as what.
     ///
     /// An INSERT or DELETE goes to the channels of the row's place (for a DELETE, where it was). An UPDATE that moved the
-    /// row (`oldBranchID`/`oldPlanID` set and different) goes as a DELETE to the channels it left, as an INSERT to the
-    /// channels it entered, and as the UPDATE to the channels it stayed in. A nil `oldBranchID`/`oldPlanID` means "did
-    /// not move". Plan channels come before branch channels; on each side the new place before the old one.
+    /// row (``ChangeEvent/previousPlace`` set) goes as a DELETE to the channels it left, as an INSERT to the channels it
+    /// entered, and as the UPDATE to the channels it stayed in. Plan channels come before branch channels; on each side
+    /// the new place before the old one.
     public static func placements(of event: ChangeEvent) -> [ChannelPlacement] {
-        let current = channels(table: event.table, branchID: event.branchID, planID: event.planID)
-        guard event.operation == .update, event.oldBranchID != nil || event.oldPlanID != nil else {
-            return current.map { ChannelPlacement(channel: $0, operation: event.operation, branchID: event.branchID) }
+        let current = channels(of: event.table, at: event.place)
+        guard event.operation == .update, let previousPlace = event.previousPlace else {
+            return current.map { ChannelPlacement(channel: $0, operation: event.operation, branchID: event.place.branch) }
         }
-        let oldBranchID = event.oldBranchID ?? event.branchID
-        let previous = channels(table: event.table, branchID: oldBranchID, planID: event.oldPlanID ?? event.planID)
+        let previous = channels(of: event.table, at: previousPlace)
         var placements: [ChannelPlacement] = []
         placements.reserveCapacity(current.count + previous.count)
         for channel in current {
             let stayed = previous.contains(channel)
-            placements.append(ChannelPlacement(channel: channel, operation: stayed ? .update : .insert, branchID: event.branchID))
+            placements.append(ChannelPlacement(channel: channel, operation: stayed ? .update : .insert, branchID: event.place.branch))
         }
         for channel in previous where !current.contains(channel) {
-            placements.append(ChannelPlacement(channel: channel, operation: .delete, branchID: oldBranchID))
+            placements.append(ChannelPlacement(channel: channel, operation: .delete, branchID: previousPlace.branch))
         }
         return placements.filter(\.channel.isPlan) + placements.filter { !$0.channel.isPlan }
     }

@@ -174,13 +174,13 @@ struct HubState {
     }
 
     private mutating func notePlan(_ event: ChangeEvent, logger: Logger) {
-        guard let plan = event.planID else { return }
+        guard let plan = event.place.plan else { return }
         guard event.operation != .delete else {
             // A deleted plan is gone for presence and broadcast too: the next request asks the database (404).
             planBranches.removeValue(forKey: plan)
             return
         }
-        guard let branch = event.branchID else { return }
+        guard let branch = event.place.branch else { return }
         let moved = planBranches[plan].map { $0 != branch } ?? false
         planBranches[plan] = branch
         if moved { followPlanMove(plan, to: branch, logger: logger) }
