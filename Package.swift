@@ -90,6 +90,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Pure parts, without a database, a socket or a process: state machines, parsing, policy decisions, frames.
+        .testTarget(
+            name: "RealtimeUnitTests",
+            dependencies: [
+                .target(name: "Realtime"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Everything against a real PostgreSQL the tests start, real sockets and real processes.
         .testTarget(
             name: "RealtimeTests",
             dependencies: [

@@ -7,10 +7,16 @@ import Testing
 @Suite struct SlotPositionTests {
     static let start = ContinuousClock.now
 
+    static func change(_ index: Int) -> WALRowChange {
+        WALRowChange(
+            schema: "public", table: "task", operation: .update, columns: ["id", "title"], typeOIDs: [25, 25],
+            newValues: ["\(index)", "v"], oldValues: ["\(index)", "old"])
+    }
+
     static func transaction(end: UInt64, changes: Int = 1, firstIndex: Int = 0, complete: Bool = true) -> WALTransaction {
         var transaction = WALTransaction(
             xid: 1, commitLSN: end - 1, endLSN: complete ? end : 0, commitTime: Date(),
-            changes: (0..<changes).map { RelayBacklogTests.change($0) })
+            changes: (0..<changes).map { change($0) })
         transaction.firstIndex = firstIndex
         transaction.isComplete = complete
         return transaction
