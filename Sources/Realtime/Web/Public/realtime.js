@@ -19,6 +19,7 @@
 // - presence.js    the presence map and the heartbeats of tracked state
 // - filters.js     the stream's filter syntax, and the server-side stream options
 // - store.js       the local rows: server versions with pending writes on top, bounded
+// - tables.js      the server's table map: which tables can be written, and where
 // - queue.js       the write queue: optimistic, stored, replayed by one tab, bounded retries
 // - storage.js     IndexedDB / memory storage, and the tabs' lock and messages
 // - client.js      RealtimeClient, which puts them together
@@ -30,5 +31,6 @@ export * from "./connection.js";
 export * from "./presence.js";
 export * from "./channel.js";
 export * from "./store.js";
+export * from "./tables.js";
 export * from "./queue.js";
 export * from "./client.js";
