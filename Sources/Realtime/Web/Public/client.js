@@ -14,8 +14,9 @@ import {
 } from "./connection.js";
 import { RealtimeChannel } from "./channel.js";
 import { RowStore } from "./store.js";
-import { TABLE_PATHS, WriteQueue } from "./queue.js";
+import { WriteQueue } from "./queue.js";
 import { browserTabs, createIndexedDBStorage, localTabs } from "./storage.js";
+import { TableMap } from "./tables.js";
 
 const DEFAULT_REPORT_DELAY_EVERY_MS = 30_000;
 /** What POST /realtime/v1/slo/client-delay takes: at most 100 samples, each at most an hour. */
@@ -101,11 +102,14 @@ export class RealtimeClient {
       userId: () => this.connection.userId,
       onChange: (change) => this.emit("change", change),
     });
+    /** The server's table map (GET /realtime/v1/tables): read once, when a write is first sent. */
+    this.tableMap = new TableMap({ request: (...args) => this.request(...args) });
     this.writes = new WriteQueue({
       store: this.store,
       storage,
       tabs: tabs ?? (storage.kind === "indexeddb" ? browserTabs() : localTabs()),
       request: (...args) => this.request(...args),
+      tables: this.tableMap,
       clock,
       random,
       network,
@@ -567,18 +571,20 @@ export class RealtimeClient {
    * it), `delete(id)` or `delete().eq("id", id)`. Each applies at once, joins the queue and returns a promise of
    * `{ data, error }`, settled when the server has answered (which, offline, may be after a reconnect). An insert
    * without an `id` gets a new UUID (the temp id, which the server keeps). The table is named in the singular, as
-   * the stream names it (`task`), or as its REST collection (`tasks`).
+   * the stream names it (`task`), or as its REST collection (`tasks`): the server's table map (`GET
+   * /realtime/v1/tables`, read when a write is first sent) says which, so a table it does not have, or that cannot
+   * be written, is found out only then: that write is rolled back and resolves `{data: null, error}` with
+   * `error.code` `unknown_table` or `read_only_table`, unsent.
    */
   from(name) {
-    const table = TABLE_PATHS[name] ? name : Object.keys(TABLE_PATHS).find((key) => TABLE_PATHS[key] === name);
-    if (!table) throw new Error(`${name} cannot be written`);
+    if (typeof name !== "string" || name === "") throw new Error("from() needs a table's name");
     const byId = (run) => ({
       eq: (column, value) => {
         if (column !== "id") throw new Error("writes pick their row by id: .eq('id', id)");
         return run(value);
       },
     });
-    const enqueue = (kind, id, values) => this.writes.enqueue(kind, table, id, values);
+    const enqueue = (kind, id, values) => this.writes.enqueue(kind, name, id, values);
     return {
       insert: (values) => enqueue("insert", values.id ?? this.uuid(), values),
       update: (idOrPatch, patch) =>
