@@ -41,14 +41,16 @@ export class TableMap {
     const body = await readJSON(response);
     if (!response.ok) throw apiError("tables", response.status, body);
     if (!Array.isArray(body?.tables)) {
-      throw apiError("tables", response.status, { error: { code: "bad_table_map", message: "The server's table map is not a list of tables." } });
+      const error = { code: "bad_table_map", message: "The server's table map is not a list of tables." };
+      throw apiError("tables", response.status, { error });
     }
     const byName = new Map();
     const entries = [];
     for (const item of body.tables) {
       if (typeof item?.table !== "string" || typeof item.path !== "string") continue;
       const channels = Array.isArray(item.channels) ? item.channels.filter((c) => typeof c === "string") : [];
-      const entry = Object.freeze({ table: item.table, path: item.path, writable: item.writable === true, channels: Object.freeze(channels) });
+      const { table, path } = item;
+      const entry = Object.freeze({ table, path, writable: item.writable === true, channels: Object.freeze(channels) });
       entries.push(entry);
       byName.set(entry.table, entry);
     }
