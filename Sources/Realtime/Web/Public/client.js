@@ -1,17 +1,9 @@
 // client.js — the client: one stream for all channels (connection.js), the local rows (store.js), the write queue
 // (queue.js) and the channels (channel.js, presence.js), put together behind supabase-js's shape.
 
-import {
-  Connection,
-  Status,
-  apiError,
-  browserNetwork,
-  browserPageLifecycle,
-  cursorSequence,
-  randomUUID,
-  readJSON,
-  systemClock,
-} from "./connection.js";
+import { Connection, Status, apiError, cursorSequence, readJSON } from "./connection.js";
+import { browserNetwork, browserPageLifecycle, randomUUID, systemClock } from "./platform.js";
+import { ServerClock } from "./serverclock.js";
 import { RealtimeChannel } from "./channel.js";
 import { RowStore } from "./store.js";
 import { WriteQueue } from "./queue.js";
@@ -72,12 +64,14 @@ export class RealtimeClient {
     this.pageLifecycle = pageLifecycle;
     this.storage = storage;
     this.listeners = { status: new Set(), change: new Set(), error: new Set(), reset: new Set(), queue: new Set() };
+    this.serverClock = new ServerClock(clock);
     this.connection = new Connection(this, {
       url,
       token,
       getToken,
       fetch: fetchImpl,
       clock,
+      serverClock: this.serverClock,
       random,
       network,
       staleAfterMs,
@@ -114,7 +108,7 @@ export class RealtimeClient {
       random,
       network,
       uuid,
-      serverNow: () => this.connection.stampNow(),
+      serverNow: () => this.serverClock.stampNow(),
       emitError: (error) => this.emitError(error),
       reportError: (error) => this.reportCallbackError(error),
       onChange: (writes) => this.emit("queue", writes),
@@ -226,7 +220,7 @@ export class RealtimeClient {
 
   /** Now on the server's clock, as estimated from Date headers and commit timestamps. */
   serverNow() {
-    return this.connection.serverNow();
+    return this.serverClock.serverNow();
   }
 
   /** A REST call with the token and a deadline (see Connection.request). */
@@ -301,7 +295,7 @@ export class RealtimeClient {
     switch (frame.event) {
       case "postgres_changes":
         if (frame.id) this.connection.cursor = frame.id;
-        this.connection.noteCommitTime(data.commit_timestamp);
+        this.serverClock.noteCommitTime(data.commit_timestamp);
         this.noteDelay(data.commit_timestamp);
         this.applyChangeEvent(data, frame.id);
         return null;

@@ -14,7 +14,9 @@
 //
 // The modules, by job:
 // - sse.js         Server-Sent-Events parsing
-// - connection.js  REST with deadlines, the one stream for all channels, status, token, the server's clock
+// - platform.js    the browser's clock, network and page-hide signals, and random UUIDs (the defaults)
+// - connection.js  REST with deadlines, the one stream for all channels, status, token
+// - serverclock.js the estimate of the server's clock (Date headers, commit timestamps)
 // - channel.js     channels: handlers, subscribe status, presence and broadcast endpoints
 // - presence.js    the presence map and the heartbeats of tracked state
 // - filters.js     the stream's filter syntax, and the server-side stream options
@@ -27,6 +29,8 @@
 export * from "./sse.js";
 export * from "./filters.js";
 export * from "./storage.js";
+export * from "./platform.js";
+export * from "./serverclock.js";
 export * from "./connection.js";
 export * from "./presence.js";
 export * from "./channel.js";
