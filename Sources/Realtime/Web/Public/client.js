@@ -1,5 +1,8 @@
 // client.js — the client: one stream for all channels (connection.js), the local rows (store.js), the write queue
-// (queue.js) and the channels (channel.js, presence.js), put together behind supabase-js's shape.
+// (queue.js), the table map (tables.js), the server's clock (serverclock.js), the delay reports (delays.js) and the
+// channels (channel.js, presence.js), put together behind supabase-js's shape.
+// One file over 400 lines because it is that public surface: most methods are a few lines handing over to those
+// modules, and the rest is the glue between them (what a frame or control event means for the rows and channels).
 
 import { Connection, Status, apiError, cursorSequence, readJSON } from "./connection.js";
 import { browserNetwork, browserPageLifecycle, randomUUID, systemClock } from "./platform.js";
@@ -9,11 +12,7 @@ import { RowStore } from "./store.js";
 import { WriteQueue } from "./queue.js";
 import { browserTabs, createIndexedDBStorage, localTabs } from "./storage.js";
 import { TableMap } from "./tables.js";
-
-const DEFAULT_REPORT_DELAY_EVERY_MS = 30_000;
-/** What POST /realtime/v1/slo/client-delay takes: at most 100 samples, each at most an hour. */
-const MAX_DELAY_SAMPLES = 100;
-const MAX_DELAY_SAMPLE_MS = 3_600_000;
+import { DEFAULT_REPORT_DELAY_EVERY_MS, DelayReporter } from "./delays.js";
 
 /** Creates a client; see RealtimeClient. */
 export function createClient(options) {
@@ -84,10 +83,14 @@ export class RealtimeClient {
     this.registry = new Map();
     this.channels = new Map();
     this.closed = false;
-    this.reportDelayEveryMs = reportDelayEveryMs;
-    /** Delays (ms) of live changes not reported yet, and the timer of the next report. */
-    this.delaySamples = [];
-    this.delayTimer = null;
+    this.delays = new DelayReporter({
+      clock,
+      random,
+      everyMs: reportDelayEveryMs,
+      streamOpenedAt: () => this.connection.streamOpenedAt,
+      serverNow: () => this.serverNow(),
+      request: (...args) => this.request(...args),
+    });
 
     this.store = new RowStore({
       clock,
@@ -296,7 +299,7 @@ export class RealtimeClient {
       case "postgres_changes":
         if (frame.id) this.connection.cursor = frame.id;
         this.serverClock.noteCommitTime(data.commit_timestamp);
-        this.noteDelay(data.commit_timestamp);
+        this.delays.note(data.commit_timestamp);
         this.applyChangeEvent(data, frame.id);
         return null;
       case "presence": {
@@ -435,49 +438,13 @@ export class RealtimeClient {
     this.closed = true;
     this.connection.close();
     this.writes.close();
-    if (this.delayTimer !== null) this.clock.clearTimeout(this.delayTimer);
-    this.delayTimer = null;
+    this.delays.close();
     for (const channel of this.registry.values()) {
       channel.presence.stopTimer();
       channel.clearSubscribeTimer();
     }
     this.stopNetwork?.();
     this.stopPageHide?.();
-  }
-
-  // ------------------------------------------------------------------ the delays this device saw
-
-  /**
-   * Notes the delay of a change committed at `commitTimestamp`. Changes committed before the stream opened (less a
-   * second of clock skew) are its catch-up after a (re)connect, old by design: they are not counted, as the server
-   * does not count them either. Beyond 100 samples per report, random ones are replaced.
-   */
-  noteDelay(commitTimestamp) {
-    const openedAt = this.connection.streamOpenedAt;
-    if (!this.reportDelayEveryMs || openedAt === null) return;
-    const committed = Date.parse(commitTimestamp ?? "");
-    if (!Number.isFinite(committed) || committed < openedAt - 1000) return;
-    const delay = Math.min(MAX_DELAY_SAMPLE_MS, Math.max(0, this.serverNow() - committed));
-    if (this.delaySamples.length < MAX_DELAY_SAMPLES) {
-      this.delaySamples.push(delay);
-    } else {
-      this.delaySamples[Math.floor(this.random() * MAX_DELAY_SAMPLES)] = delay;
-    }
-    if (this.delayTimer === null) {
-      this.delayTimer = this.clock.setTimeout(() => this.reportDelays(), this.reportDelayEveryMs);
-    }
-  }
-
-  /** Sends the delays noted since the last report; a failed report is dropped (the next one carries new samples). */
-  async reportDelays() {
-    this.delayTimer = null;
-    const samples = this.delaySamples.splice(0);
-    if (samples.length === 0 || this.closed) return;
-    try {
-      await this.request("POST", "/realtime/v1/slo/client-delay", { samples_ms: samples });
-    } catch {
-      // offline: these samples are lost, which only thins the window
-    }
   }
 
   // ------------------------------------------------------------------ presence on page hide

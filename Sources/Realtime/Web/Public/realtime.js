@@ -24,6 +24,7 @@
 // - tables.js      the server's table map: which tables can be written, and where
 // - queue.js       the write queue: optimistic, stored, replayed by one tab, bounded retries
 // - storage.js     IndexedDB / memory storage, and the tabs' lock and messages
+// - delays.js      the reports of the delays this device saw, commit to arrival
 // - client.js      RealtimeClient, which puts them together
 
 export * from "./sse.js";
@@ -37,4 +38,5 @@ export * from "./channel.js";
 export * from "./store.js";
 export * from "./tables.js";
 export * from "./queue.js";
+export * from "./delays.js";
 export * from "./client.js";
