@@ -3,6 +3,8 @@
 // (confirmed, refused and rolled back, or replaced by the server's row on 409). Failing writes are retried a bounded
 // number of times, then marked failed for the user to retry or discard; a 401 stops the queue until setAuth().
 // Where a write goes comes from the server's table map (tables.js), read when a write is first sent.
+// One file over 400 lines because every part of it (adding, storage, the other tabs' messages, sending, settling)
+// reads and changes the same ordered list of writes and their rows' pending state: apart, each would reach into it.
 
 import { apiError, backoffDelay, readJSON } from "./connection.js";
 import { localTabs } from "./storage.js";
