@@ -8,6 +8,22 @@ export const BRANCH = "11111111-1111-4111-8111-111111111111";
 export const ME = "aaaaaaaa-0000-4000-8000-000000000002";
 export const OTHER = "aaaaaaaa-0000-4000-8000-000000000001";
 
+/** What the server answers to `GET /realtime/v1/tables`: its table registry, the client's only table map. */
+export const TABLES = Object.freeze({
+  tables: [
+    { table: "plan", path: "plans", writable: true, channels: ["plan", "branch"] },
+    { table: "task", path: "tasks", writable: true, channels: ["plan", "branch"] },
+    { table: "client_card", path: "client_cards", writable: true, channels: ["branch"] },
+    { table: "attachment", path: "attachments", writable: true, channels: ["plan", "branch"] },
+    { table: "status_history", path: "status_history", writable: false, channels: ["plan", "branch"] },
+  ],
+});
+
+/** The answer to `GET /realtime/v1/tables`: 200 with `map` (by default TABLES). */
+export function tablesAnswer(map = TABLES) {
+  return { status: 200, body: map, headers: { "Cache-Control": "no-cache" } };
+}
+
 /** Lets pending promises, stream reads and microtasks run. */
 export async function settle(rounds = 10) {
   for (let i = 0; i < rounds; i++) await new Promise((resolve) => setImmediate(resolve));
@@ -166,7 +182,8 @@ export class FakeStream {
 
 /**
  * A fake server behind `fetch`. Streams (`/realtime/v1/stream`) answer `streamAnswer(request)` — by default 200 with
- * a new FakeStream; REST calls answer `rest(request)`. With `online = false` every fetch fails like a lost network.
+ * a new FakeStream; the table map (`/realtime/v1/tables`) answers `tables(request)` — by default TABLES; REST calls
+ * answer `rest(request)`. With `online = false` every fetch fails like a lost network.
  */
 export function fakeServer() {
   const server = {
@@ -174,10 +191,15 @@ export function fakeServer() {
     requests: [],
     streams: [],
     streamAnswer: null,
+    tables: () => tablesAnswer(),
     rest: () => ({ status: 404, body: { error: { code: "not_found", message: "no such row" } } }),
-    /** The REST requests (not streams), optionally only those with `method`. */
+    /** The REST requests (not streams, nor the table map's), optionally only those with `method`. */
     restRequests(method) {
-      return server.requests.filter((r) => !r.stream && (!method || r.method === method));
+      return server.requests.filter((r) => !r.stream && !r.tables && (!method || r.method === method));
+    },
+    /** The requests of the table map. */
+    tablesRequests() {
+      return server.requests.filter((r) => r.tables);
     },
     get lastStream() {
       return server.streams[server.streams.length - 1];
@@ -195,6 +217,7 @@ export function fakeServer() {
         keepalive: init.keepalive ?? false,
         signal: init.signal,
         stream: parsed.pathname === "/realtime/v1/stream",
+        tables: parsed.pathname === "/realtime/v1/tables",
       };
       server.requests.push(request);
       await Promise.resolve();
@@ -206,6 +229,7 @@ export function fakeServer() {
         server.streams.push(stream);
         return new Response(stream.body, { status: 200, headers: { "Content-Type": "text/event-stream" } });
       }
+      if (request.tables && request.method === "GET") return jsonResponse(await server.tables(request));
       const answer = await server.rest(request);
       return jsonResponse(answer);
     },

@@ -2,7 +2,8 @@
 // time slots, grid.js) or the task list (list.js) — with a side panel per task (panel.js).
 //
 // Everything realtime comes from realtime.js; this file wires it to the views. Changes are drawn once per animation
-// frame, however many arrive in between.
+// frame, however many arrive in between. One file over 400 lines because it holds the page's state (session, client,
+// plan, channel, role) that each of its parts reads and sets; the views with state of their own have their files.
 //
 // Query parameters: `plan=<uuid>` preselects a plan; `view=grid|list`; `staleAfterMs` (default 60000) is how long
 // the connection may be unhealthy before the yellow banner shows; `updatedMarkMs` (default 5000) is how long another

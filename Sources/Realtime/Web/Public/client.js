@@ -1,26 +1,18 @@
 // client.js — the client: one stream for all channels (connection.js), the local rows (store.js), the write queue
-// (queue.js) and the channels (channel.js, presence.js), put together behind supabase-js's shape.
+// (queue.js), the table map (tables.js), the server's clock (serverclock.js), the delay reports (delays.js) and the
+// channels (channel.js, presence.js), put together behind supabase-js's shape.
+// One file over 400 lines because it is that public surface: most methods are a few lines handing over to those
+// modules, and the rest is the glue between them (what a frame or control event means for the rows and channels).
 
-import {
-  Connection,
-  Status,
-  apiError,
-  browserNetwork,
-  browserPageLifecycle,
-  cursorSequence,
-  randomUUID,
-  readJSON,
-  systemClock,
-} from "./connection.js";
+import { Connection, Status, apiError, cursorSequence, readJSON } from "./connection.js";
+import { browserNetwork, browserPageLifecycle, randomUUID, systemClock } from "./platform.js";
+import { ServerClock } from "./serverclock.js";
 import { RealtimeChannel } from "./channel.js";
 import { RowStore } from "./store.js";
-import { TABLE_PATHS, WriteQueue } from "./queue.js";
+import { WriteQueue } from "./queue.js";
 import { browserTabs, createIndexedDBStorage, localTabs } from "./storage.js";
-
-const DEFAULT_REPORT_DELAY_EVERY_MS = 30_000;
-/** What POST /realtime/v1/slo/client-delay takes: at most 100 samples, each at most an hour. */
-const MAX_DELAY_SAMPLES = 100;
-const MAX_DELAY_SAMPLE_MS = 3_600_000;
+import { TableMap } from "./tables.js";
+import { DEFAULT_REPORT_DELAY_EVERY_MS, DelayReporter } from "./delays.js";
 
 /** Creates a client; see RealtimeClient. */
 export function createClient(options) {
@@ -71,12 +63,14 @@ export class RealtimeClient {
     this.pageLifecycle = pageLifecycle;
     this.storage = storage;
     this.listeners = { status: new Set(), change: new Set(), error: new Set(), reset: new Set(), queue: new Set() };
+    this.serverClock = new ServerClock(clock);
     this.connection = new Connection(this, {
       url,
       token,
       getToken,
       fetch: fetchImpl,
       clock,
+      serverClock: this.serverClock,
       random,
       network,
       staleAfterMs,
@@ -89,10 +83,14 @@ export class RealtimeClient {
     this.registry = new Map();
     this.channels = new Map();
     this.closed = false;
-    this.reportDelayEveryMs = reportDelayEveryMs;
-    /** Delays (ms) of live changes not reported yet, and the timer of the next report. */
-    this.delaySamples = [];
-    this.delayTimer = null;
+    this.delays = new DelayReporter({
+      clock,
+      random,
+      everyMs: reportDelayEveryMs,
+      streamOpenedAt: () => this.connection.streamOpenedAt,
+      serverNow: () => this.serverNow(),
+      request: (...args) => this.request(...args),
+    });
 
     this.store = new RowStore({
       clock,
@@ -101,16 +99,19 @@ export class RealtimeClient {
       userId: () => this.connection.userId,
       onChange: (change) => this.emit("change", change),
     });
+    /** The server's table map (GET /realtime/v1/tables): read once, when a write is first sent. */
+    this.tableMap = new TableMap({ request: (...args) => this.request(...args) });
     this.writes = new WriteQueue({
       store: this.store,
       storage,
       tabs: tabs ?? (storage.kind === "indexeddb" ? browserTabs() : localTabs()),
       request: (...args) => this.request(...args),
+      tables: this.tableMap,
       clock,
       random,
       network,
       uuid,
-      serverNow: () => this.connection.stampNow(),
+      serverNow: () => this.serverClock.stampNow(),
       emitError: (error) => this.emitError(error),
       reportError: (error) => this.reportCallbackError(error),
       onChange: (writes) => this.emit("queue", writes),
@@ -222,7 +223,7 @@ export class RealtimeClient {
 
   /** Now on the server's clock, as estimated from Date headers and commit timestamps. */
   serverNow() {
-    return this.connection.serverNow();
+    return this.serverClock.serverNow();
   }
 
   /** A REST call with the token and a deadline (see Connection.request). */
@@ -297,8 +298,8 @@ export class RealtimeClient {
     switch (frame.event) {
       case "postgres_changes":
         if (frame.id) this.connection.cursor = frame.id;
-        this.connection.noteCommitTime(data.commit_timestamp);
-        this.noteDelay(data.commit_timestamp);
+        this.serverClock.noteCommitTime(data.commit_timestamp);
+        this.delays.note(data.commit_timestamp);
         this.applyChangeEvent(data, frame.id);
         return null;
       case "presence": {
@@ -437,49 +438,13 @@ export class RealtimeClient {
     this.closed = true;
     this.connection.close();
     this.writes.close();
-    if (this.delayTimer !== null) this.clock.clearTimeout(this.delayTimer);
-    this.delayTimer = null;
+    this.delays.close();
     for (const channel of this.registry.values()) {
       channel.presence.stopTimer();
       channel.clearSubscribeTimer();
     }
     this.stopNetwork?.();
     this.stopPageHide?.();
-  }
-
-  // ------------------------------------------------------------------ the delays this device saw
-
-  /**
-   * Notes the delay of a change committed at `commitTimestamp`. Changes committed before the stream opened (less a
-   * second of clock skew) are its catch-up after a (re)connect, old by design: they are not counted, as the server
-   * does not count them either. Beyond 100 samples per report, random ones are replaced.
-   */
-  noteDelay(commitTimestamp) {
-    const openedAt = this.connection.streamOpenedAt;
-    if (!this.reportDelayEveryMs || openedAt === null) return;
-    const committed = Date.parse(commitTimestamp ?? "");
-    if (!Number.isFinite(committed) || committed < openedAt - 1000) return;
-    const delay = Math.min(MAX_DELAY_SAMPLE_MS, Math.max(0, this.serverNow() - committed));
-    if (this.delaySamples.length < MAX_DELAY_SAMPLES) {
-      this.delaySamples.push(delay);
-    } else {
-      this.delaySamples[Math.floor(this.random() * MAX_DELAY_SAMPLES)] = delay;
-    }
-    if (this.delayTimer === null) {
-      this.delayTimer = this.clock.setTimeout(() => this.reportDelays(), this.reportDelayEveryMs);
-    }
-  }
-
-  /** Sends the delays noted since the last report; a failed report is dropped (the next one carries new samples). */
-  async reportDelays() {
-    this.delayTimer = null;
-    const samples = this.delaySamples.splice(0);
-    if (samples.length === 0 || this.closed) return;
-    try {
-      await this.request("POST", "/realtime/v1/slo/client-delay", { samples_ms: samples });
-    } catch {
-      // offline: these samples are lost, which only thins the window
-    }
   }
 
   // ------------------------------------------------------------------ presence on page hide
@@ -567,18 +532,20 @@ export class RealtimeClient {
    * it), `delete(id)` or `delete().eq("id", id)`. Each applies at once, joins the queue and returns a promise of
    * `{ data, error }`, settled when the server has answered (which, offline, may be after a reconnect). An insert
    * without an `id` gets a new UUID (the temp id, which the server keeps). The table is named in the singular, as
-   * the stream names it (`task`), or as its REST collection (`tasks`).
+   * the stream names it (`task`), or as its REST collection (`tasks`): the server's table map (`GET
+   * /realtime/v1/tables`, read when a write is first sent) says which, so a table it does not have, or that cannot
+   * be written, is found out only then: that write is rolled back and resolves `{data: null, error}` with
+   * `error.code` `unknown_table` or `read_only_table`, unsent.
    */
   from(name) {
-    const table = TABLE_PATHS[name] ? name : Object.keys(TABLE_PATHS).find((key) => TABLE_PATHS[key] === name);
-    if (!table) throw new Error(`${name} cannot be written`);
+    if (typeof name !== "string" || name === "") throw new Error("from() needs a table's name");
     const byId = (run) => ({
       eq: (column, value) => {
         if (column !== "id") throw new Error("writes pick their row by id: .eq('id', id)");
         return run(value);
       },
     });
-    const enqueue = (kind, id, values) => this.writes.enqueue(kind, table, id, values);
+    const enqueue = (kind, id, values) => this.writes.enqueue(kind, name, id, values);
     return {
       insert: (values) => enqueue("insert", values.id ?? this.uuid(), values),
       update: (idOrPatch, patch) =>

@@ -1,10 +1,13 @@
 // connection.js — the transport: REST requests with a deadline, the one Server-Sent-Events stream that carries every
 // channel (reconnects with backoff, resume by cursor, a stall watchdog, the connect timeout), the status observable
-// (connecting | live | offline | stale, stale counted from the last healthy moment), the token, and the estimate of
-// the server's clock. What the frames mean is the client's business (the `host`).
+// (connecting | live | offline | stale, stale counted from the last healthy moment) and the token. What the frames
+// mean is the client's business (the `host`); the server's clock is estimated in serverclock.js from the answers.
+// One file over 400 lines because the Connection is one state machine: the stream's generation, backoff attempt,
+// timers and status are read and set by nearly every method, and REST shares the token and its refresh with it.
 
 import { SSEParser } from "./sse.js";
-import { NO_STREAM_OPTIONS, streamOptions, streamQuery, timeKey } from "./filters.js";
+import { NO_STREAM_OPTIONS, streamOptions, streamQuery } from "./filters.js";
+import { ServerClock } from "./serverclock.js";
 
 /** The values of `client.status`. */
 export const Status = Object.freeze({ CONNECTING: "connecting", LIVE: "live", OFFLINE: "offline", STALE: "stale" });
@@ -13,8 +16,6 @@ export const DEFAULT_STALE_AFTER_MS = 60_000;
 export const DEFAULT_STALL_TIMEOUT_MS = 45_000;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 15_000;
 export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
-/** How long a lower bound of the server's clock taken from a commit timestamp is trusted. */
-const COMMIT_FLOOR_TTL_MS = 10 * 60_000;
 
 // ---------------------------------------------------------------------------------------------- small helpers
 
@@ -42,56 +43,6 @@ export function tokenSubject(token) {
   } catch {
     return null;
   }
-}
-
-/** A random (version 4) UUID; `crypto.randomUUID` needs a secure context, so there is a fallback. */
-export function randomUUID(random = Math.random) {
-  if (random === Math.random && globalThis.crypto?.randomUUID) return globalThis.crypto.randomUUID();
-  const bytes = new Uint8Array(16);
-  if (random === Math.random && globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bytes);
-  else for (let i = 0; i < 16; i++) bytes[i] = Math.floor(random() * 256);
-  bytes[6] = (bytes[6] & 0x0f) | 0x40;
-  bytes[8] = (bytes[8] & 0x3f) | 0x80;
-  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-}
-
-/** The real clock. Tests pass one with the same three methods. */
-export const systemClock = Object.freeze({
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
-  clearTimeout: (handle) => globalThis.clearTimeout(handle),
-});
-
-/** The browser's online/offline signal (`navigator.onLine` and its events); always online elsewhere. */
-export function browserNetwork() {
-  const target = globalThis.window ?? null;
-  return {
-    isOnline: () => globalThis.navigator?.onLine ?? true,
-    subscribe(callback) {
-      if (!target?.addEventListener) return () => {};
-      const online = () => callback(true);
-      const offline = () => callback(false);
-      target.addEventListener("online", online);
-      target.addEventListener("offline", offline);
-      return () => {
-        target.removeEventListener("online", online);
-        target.removeEventListener("offline", offline);
-      };
-    },
-  };
-}
-
-/** Calls back when the page is being hidden for good (`pagehide`); nothing outside a browser. */
-export function browserPageLifecycle() {
-  const target = globalThis.window ?? null;
-  return {
-    onHide(callback) {
-      if (!target?.addEventListener) return () => {};
-      target.addEventListener("pagehide", callback);
-      return () => target.removeEventListener("pagehide", callback);
-    },
-  };
 }
 
 /** Reads a JSON body, or null when there is none or it is not JSON. */
@@ -160,6 +111,7 @@ export class Connection {
       getToken = null,
       fetch: fetchImpl,
       clock,
+      serverClock = new ServerClock(clock),
       random = Math.random,
       network,
       staleAfterMs = DEFAULT_STALE_AFTER_MS,
@@ -176,6 +128,8 @@ export class Connection {
     this.getToken = getToken;
     this.fetchImpl = fetchImpl;
     this.clock = clock;
+    /** The estimate of the server's clock, which the `Date` header of every answer narrows. */
+    this.serverClock = serverClock;
     this.random = random;
     this.network = network;
     this.staleAfterMs = staleAfterMs;
@@ -184,12 +138,6 @@ export class Connection {
     this.connectTimeoutMs = connectTimeoutMs;
 
     this.status = Status.CONNECTING;
-    /** The server's clock minus this device's: from `Date` headers, and at least what commit timestamps imply. */
-    this.dateOffset = null;
-    this.dateBounds = null;
-    this.commitFloor = null;
-    this.lastServerNow = Number.NEGATIVE_INFINITY;
-    this.lastStamp = Number.NEGATIVE_INFINITY;
     /** When the connection was last known good (stream live, a byte received, or the client created). */
     this.lastHealthyAt = clock.now();
     this.streamOpenedAt = null;
@@ -240,66 +188,6 @@ export class Connection {
   clearTimer(name) {
     if (this[name] !== null) this.clock.clearTimeout(this[name]);
     this[name] = null;
-  }
-
-  // ------------------------------------------------------------------ the server's clock
-
-  /**
-   * Now, on the server's clock as far as this client can tell (ms since the epoch). It never goes backwards, however
-   * the estimate moves: a later write is never stamped earlier than an earlier one of this client.
-   */
-  serverNow() {
-    const now = Math.max(this.clock.now() + this.clockOffset(), this.lastServerNow);
-    this.lastServerNow = now;
-    return now;
-  }
-
-  /** A time to stamp a write with: serverNow(), and always later than the stamp before (two writes, two times). */
-  stampNow() {
-    const now = Math.max(this.serverNow(), this.lastStamp + 1);
-    this.lastStamp = now;
-    return now;
-  }
-
-  /** The estimated server clock minus this device's clock, in ms. */
-  clockOffset() {
-    let offset = this.dateOffset ?? 0;
-    if (this.commitFloor && this.clock.now() - this.commitFloor.at < COMMIT_FLOOR_TTL_MS) {
-      offset = Math.max(offset, this.commitFloor.offset);
-    }
-    return offset;
-  }
-
-  /**
-   * Takes the `Date` header of an answer: the server's clock, to the second, read somewhere between the request's
-   * start and the answer's arrival, so the offset lies in [date − arrival, date + 1 s − start]. The bounds of recent
-   * answers are intersected (each narrows the estimate), and the estimate is the middle; answers that contradict
-   * the others (a clock that jumped) start over.
-   */
-  noteServerDate(response, sentAt) {
-    const header = response?.headers?.get?.("Date");
-    const date = header ? Date.parse(header) : Number.NaN;
-    if (!Number.isFinite(date)) return;
-    const receivedAt = this.clock.now();
-    const low = date - receivedAt;
-    const high = date + 1000 - sentAt;
-    const bounds = this.dateBounds;
-    if (bounds && receivedAt - bounds.at < COMMIT_FLOOR_TTL_MS && Math.max(low, bounds.low) <= Math.min(high, bounds.high)) {
-      this.dateBounds = { low: Math.max(low, bounds.low), high: Math.min(high, bounds.high), at: receivedAt };
-    } else {
-      this.dateBounds = { low, high, at: receivedAt };
-    }
-    this.dateOffset = (this.dateBounds.low + this.dateBounds.high) / 2;
-  }
-
-  /** A change committed at `commitTimestamp` proves the server's clock had reached that time when it arrived. */
-  noteCommitTime(commitTimestamp) {
-    const committed = timeKey(commitTimestamp) / 1000;
-    if (!Number.isFinite(committed)) return;
-    const now = this.clock.now();
-    const offset = committed - now;
-    const current = this.commitFloor;
-    if (!current || offset > current.offset || now - current.at >= COMMIT_FLOOR_TTL_MS) this.commitFloor = { offset, at: now };
   }
 
   // ------------------------------------------------------------------ the token
@@ -365,7 +253,7 @@ export class Connection {
     } finally {
       deadline.clear();
     }
-    this.noteServerDate(response, sentAt);
+    this.serverClock.noteServerDate(response, sentAt);
     if (response.status === 401 && !retried && !keepalive && (await this.refreshToken())) {
       return this.request(method, path, body, { headers, keepalive, retried: true, signal });
     }
@@ -468,7 +356,7 @@ export class Connection {
       return;
     }
     this.clock.clearTimeout(connectTimer);
-    this.noteServerDate(response, sentAt);
+    this.serverClock.noteServerDate(response, sentAt);
     if (generation !== this.generation) {
       response.body?.cancel?.().catch(() => {});
       return;

@@ -4,6 +4,8 @@
 // (thousands of tasks scroll smoothly), and the view is drawn at most once per animation frame. On a narrow screen
 // it shows one day at a time. It is an ARIA grid: rows and cells carry their indexes, and every control says which
 // task or slot it is about.
+// One file over 400 lines because it is one closure over one `view`: placing tasks in slots and lanes, the pooled
+// elements and the windowed drawing all read and write it on every frame.
 
 import { STATUSES, dayFormat, longDayFormat, initials, localDay, set, setAttr, setData, timeFormat, usersBySlot } from "./view.js";
 

@@ -2,25 +2,22 @@
 // per write, and is sent in order with its own Idempotency-Key by one tab at a time; the answer settles it
 // (confirmed, refused and rolled back, or replaced by the server's row on 409). Failing writes are retried a bounded
 // number of times, then marked failed for the user to retry or discard; a 401 stops the queue until setAuth().
+// Where a write goes comes from the server's table map (tables.js), read when a write is first sent.
+// One file over 400 lines because every part of it (adding, storage, the other tabs' messages, sending, settling)
+// reads and changes the same ordered list of writes and their rows' pending state: apart, each would reach into it.
 
 import { apiError, backoffDelay, readJSON } from "./connection.js";
 import { localTabs } from "./storage.js";
-
-/** The REST collection of each table that can be written (the stream names tables in the singular). */
-export const TABLE_PATHS = Object.freeze({
-  plan: "plans",
-  task: "tasks",
-  client_card: "client_cards",
-  attachment: "attachments",
-});
+import { TableMap } from "./tables.js";
 
 export const DEFAULT_MAX_WRITE_ATTEMPTS = 5;
 
 /**
  * The queue. Its `store` is what shows the rows: `setPending(table, id, ops, {fresh})`, `settleWrite(table, id, ops,
  * {row, deleted, conflict})`, `hasServerRow(table, id)` and `record(table, id)` (see store.js). `request(method, path,
- * body, {headers, signal})` is the REST call (connection.js). `scope` names this user's queue in storage and among
- * tabs; `onChange(writes)` hears every change of the queue, `emitError(error)` what the user should hear of.
+ * body, {headers, signal})` is the REST call (connection.js); `tables` the server's table map (tables.js; by default
+ * one read through `request`). `scope` names this user's queue in storage and among tabs; `onChange(writes)` hears
+ * every change of the queue, `emitError(error)` what the user should hear of.
  */
 export class WriteQueue {
   constructor({
@@ -28,6 +25,7 @@ export class WriteQueue {
     storage,
     tabs = localTabs(),
     request,
+    tables = new TableMap({ request }),
     clock,
     random = Math.random,
     network = { isOnline: () => true },
@@ -39,7 +37,7 @@ export class WriteQueue {
     maxWriteAttempts = DEFAULT_MAX_WRITE_ATTEMPTS,
     scope = "default",
   }) {
-    Object.assign(this, { store, storage, tabs, request, clock, random, network, uuid, serverNow, emitError, reportError, onChange });
+    Object.assign(this, { store, storage, tabs, request, tables, clock, random, network, uuid, serverNow, emitError, reportError, onChange });
     this.maxWriteAttempts = maxWriteAttempts;
     /** The writes waiting for the server, this tab's and other tabs' (`own: false`), in storage-key order. */
     this.ops = [];
@@ -92,8 +90,14 @@ export class WriteQueue {
 
   // ------------------------------------------------------------------ adding writes
 
-  /** Queues a write (applied at once); resolves `{data, error}` once the server has answered. */
-  enqueue(kind, table, id, values) {
+  /**
+   * Queues a write (applied at once); resolves `{data, error}` once the server has answered. `table` is named in the
+   * singular or by its collection: the singular is kept when the table map already says which it is, else the name
+   * as given, resolved when the write is sent (a table the map does not have, or that cannot be written, is refused
+   * then).
+   */
+  enqueue(kind, name, id, values) {
+    const table = this.tables.known(name)?.table ?? name;
     const createdAt = this.serverNow();
     const key = this.uuid();
     const op = {
@@ -132,6 +136,32 @@ export class WriteQueue {
     while (index > 0 && this.ops[index - 1].storageKey > op.storageKey) index--;
     this.ops.splice(index, 0, op);
     this.store.setPending(op.table, op.id, this.opsOf(op.table, op.id), options);
+  }
+
+  /**
+   * Names a write's table in the singular, as the table map has it (a write made as `from("tasks")` before the map
+   * was here): its pending state moves to where the stream's rows of that table are.
+   */
+  retable(op, table) {
+    const before = op.table;
+    op.table = table;
+    this.store.setPending(before, op.id, this.opsOf(before, op.id));
+    this.store.setPending(table, op.id, this.opsOf(table, op.id));
+  }
+
+  /** Renames to the singular every queued write named by its collection, once the map is here; returns how many. */
+  canonicalize() {
+    let renamed = 0;
+    for (const op of this.ops) {
+      const table = this.tables.known(op.table)?.table;
+      if (!table || table === op.table) continue;
+      this.retable(op, table);
+      this.persist(op);
+      this.tell({ type: "updated", record: this.stored(op) });
+      renamed++;
+    }
+    if (renamed > 0) this.changed();
+    return renamed;
   }
 
   /** Takes writes out of the queue (the row is the caller's business). */
@@ -184,6 +214,7 @@ export class WriteQueue {
       case "updated":
         if (op) {
           Object.assign(op, { attempts: message.record.attempts, failed: message.record.failed, error: message.record.error });
+          if (message.record.table !== op.table) this.retable(op, message.record.table);
           this.store.setPending(op.table, op.id, this.opsOf(op.table, op.id));
         } else {
           this.add(this.foreign(message.record));
@@ -343,13 +374,30 @@ export class WriteQueue {
   /**
    * Sends one queued write. Returns "done" (settled either way), "retry" (not reached, or a 5xx/408/429/timeout
    * with tries left), "failed" (tries used up: kept, marked failed, the queue moves on) or "blocked" (401 with no
-   * fresh token: the queue waits for setAuth()).
+   * fresh token: the queue waits for setAuth()). Its collection comes from the table map, read first if need be:
+   * a map that cannot be read is retried as a write that cannot reach the server is (the write waits, its tries
+   * untouched); a table the map does not have, or that cannot be written, refuses the write unsent.
    */
   async send(op) {
-    const collection = `/rest/v1/${TABLE_PATHS[op.table]}`;
     const headers = { "Idempotency-Key": op.key };
     const controller = new AbortController();
     this.controller = controller;
+    let entry;
+    try {
+      entry = await this.tables.resolve(op.table);
+    } catch {
+      if (this.controller === controller) this.controller = null;
+      return "retry";
+    }
+    if (!entry || !entry.writable) {
+      if (this.controller === controller) this.controller = null;
+      const error = entry
+        ? { kind: "rejected", status: null, code: "read_only_table", message: `The table ${op.table} cannot be written.` }
+        : { kind: "rejected", status: null, code: "unknown_table", message: `The server has no table ${op.table}.` };
+      return this.refuse(op, { ...error, table: op.table, id: op.id, op: op.kind });
+    }
+    this.canonicalize();
+    const collection = `/rest/v1/${entry.path}`;
     let response;
     try {
       const options = { headers, signal: controller.signal };
@@ -394,7 +442,11 @@ export class WriteQueue {
     if (response.status >= 500 || response.status === 408 || response.status === 429) {
       return this.tryFailed(op, apiError("server", response.status, body, { table: op.table, id: op.id, op: op.kind }));
     }
-    const error = apiError("rejected", response.status, body, { table: op.table, id: op.id, op: op.kind });
+    return this.refuse(op, apiError("rejected", response.status, body, { table: op.table, id: op.id, op: op.kind }));
+  }
+
+  /** Settles a write as refused: rolled back, reported, and the other tabs told. */
+  refuse(op, error) {
     this.rollback(op, error, { report: true });
     this.tell({ type: "rolledback", key: op.key, error });
     return "done";
