@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import PostgresNIO
 import Testing
 import Yams
@@ -133,26 +134,32 @@ import Yams
         #expect(Set(streamed) == Set(TableSchema.streamedNames), "StreamedTable lists \(streamed)")
     }
 
-    /// The client library writes the tables of its `TABLE_PATHS` map through `/rest/v1/<path>`.
-    @Test func theRegistryMatchesTheBrowserClientsTableMap() throws {
+    /// The browser client keeps no table map of its own: the server serves the registry's at `/realtime/v1/tables`,
+    /// without a token, and the client writes each table through the path it names there.
+    @Test func theServerServesTheClientTheRegistrysTableMap() async throws {
+        let server = try await TestServer.make()
+        try await server.test { client in
+            let reply = try await client.send(.get, "/realtime/v1/tables", as: nil)
+            #expect(reply.status == .ok)
+            let served = try JSONDecoder().decode(TableMapController.Body.self, from: Data(reply.text.utf8))
+            let expected = TableSchema.exposed.map { schema in
+                (
+                    schema.table, schema.path, schema.writable,
+                    schema.feed == nil ? [] : (TableSchema.planScopedTables.contains(schema.table) ? ["plan", "branch"] : ["branch"])
+                )
+            }
+            #expect(served.tables.map(\.table) == expected.map(\.0), "the served tables differ from the registry's REST tables")
+            for (entry, (table, path, writable, channels)) in zip(served.tables, expected) {
+                #expect(entry.path == path && entry.writable == writable && entry.channels == channels, "the served entry of \(table) is \(entry)")
+            }
+        }
         let folder = TestServer.repositoryRoot + "/Sources/Realtime/Web/Public"
-        var map: [String: String]?
         for file in try FileManager.default.contentsOfDirectory(atPath: folder) where file.hasSuffix(".js") {
             let source = try String(contentsOfFile: folder + "/" + file, encoding: .utf8)
-            guard let start = source.range(of: "TABLE_PATHS = Object.freeze({"),
-                let end = source.range(of: "})", range: start.upperBound..<source.endIndex)
-            else { continue }
-            var found: [String: String] = [:]
-            for line in source[start.upperBound..<end.lowerBound].split(separator: "\n") {
-                let parts = line.split(separator: ":", maxSplits: 1).map {
-                    $0.trimmingCharacters(in: .whitespaces.union(.init(charactersIn: "\",'")))
-                }
-                if parts.count == 2, !parts[0].isEmpty { found[parts[0]] = parts[1] }
+            for schema in TableSchema.exposed where schema.path != schema.table {
+                let keepsACopy = source.contains("\(schema.table): \"\(schema.path)\"")
+                #expect(!keepsACopy, "\(file) keeps its own copy of the table map (\(schema.table) → \(schema.path))")
             }
-            map = found
         }
-        let client = try #require(map, "no TABLE_PATHS map in \(folder)")
-        let writable = Dictionary(uniqueKeysWithValues: TableSchema.exposed.filter(\.writable).map { ($0.table, $0.path) })
-        #expect(client == writable, "the client's TABLE_PATHS \(client) differ from the registry's writable tables \(writable)")
     }
 }

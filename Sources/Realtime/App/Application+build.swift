@@ -47,6 +47,7 @@ public func buildApplication(
         broadcastLimiter: RateLimiter(rate: configuration.presenceRate, burst: Double(configuration.presenceBurst))
     ).addRoutes(to: router)
     WebController(files: .bundled(), demo: demo).addRoutes(to: router)
+    TableMapController().addRoutes(to: router)
     SLOController(slo: metrics.slo, tokens: tokens, nodeID: configuration.nodeID).addRoutes(to: router)
     MetricsController(metrics: metrics, hub: hub, database: database, slot: Relay.slotName(for: endpoint.database)).addRoutes(to: router)
 
