@@ -67,4 +67,29 @@ import Testing
         #expect(String(buffer: SSEFrame.end(.slowConsumer)).hasPrefix("event: error\ndata: {\"type\":\"error\",\"reason\":\"slow_consumer"))
         #expect(String(buffer: SSEFrame.control(.reset, reason: "r")) == "event: reset\ndata: {\"type\":\"reset\",\"reason\":\"r\"}\n\n")
     }
+
+    /// Presence and broadcast frames are encoded from types, not cut and joined text: every field once, in one object.
+    @Test func encodesPresenceAndBroadcastFramesAsOneObjectEach() throws {
+        let (plan, user) = (UUID(), UUID())
+        let entry = PresenceEntry(
+            planID: plan, userID: user, state: PresenceState(slot: "a/\"b\"", action: .editing), onlineSince: Date(timeIntervalSince1970: 0),
+            lastSeen: Date(timeIntervalSince1970: 1), node: "n1")
+        func data(_ frame: ByteBuffer) throws -> [String: Any] {
+            let text = String(buffer: frame)
+            let line = try #require(text.split(separator: "\n").first { $0.hasPrefix("data: ") })
+            return try #require(try JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any])
+        }
+        let join = try data(SSEFrame.presence(.join(entry)))
+        #expect(Set(join.keys) == ["type", "event", "channel", "user_id", "state", "online_since", "last_seen"])
+        #expect(join["event"] as? String == "join" && join["channel"] as? String == "presence:plan:\(plan.lowercased)")
+        #expect(join["state"] as? [String: String] == ["action": "editing", "slot": "a/\"b\""])
+        #expect(join["online_since"] as? String == "1970-01-01T00:00:00.000Z" && join["user_id"] as? String == user.lowercased)
+        let sync = try data(SSEFrame.presenceSync(plan: plan, entries: [entry]))
+        #expect(sync["event"] as? String == "sync" && (sync["presences"] as? [[String: Any]])?.first?["node"] == nil)
+        let message = try BroadcastMessage(
+            planID: plan, userID: user, body: ["event": .string("cursor"), "payload": .object(["x": .integer(1), "y": .number(0.5)])])
+        let broadcast = try data(SSEFrame.broadcast(message))
+        #expect(broadcast["type"] as? String == "broadcast" && broadcast["channel"] as? String == "plan:\(plan.lowercased)")
+        #expect(broadcast["payload"] as? [String: Double] == ["x": 1, "y": 0.5] && broadcast["user_id"] as? String == user.lowercased)
+    }
 }

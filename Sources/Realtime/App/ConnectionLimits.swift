@@ -113,7 +113,7 @@ final class ConnectionLimitHandler: ChannelDuplexHandler, RemovableChannelHandle
                     "Too many connections from this address at once; close some or retry later."
                 )
             }
-        let body = ByteBuffer(string: #"{"error":{"code":"\#(code)","message":"\#(message)"}}"#)
+        let body = ByteBuffer(string: APIError(status, code: code, message: message).jsonBody)
         var head = HTTPResponse(status: status)
         head.headerFields[.contentType] = "application/json; charset=utf-8"
         head.headerFields[.contentLength] = "\(body.readableBytes)"

@@ -32,11 +32,14 @@ struct PresenceController {
         try await access.checkPlan(.user(user), plan)
         let entry = presence.heartbeat(user: user, plan: plan, state: state)
         let interval = presence.heartbeatInterval.components.seconds
-        var json = #"{"channel":""# + Channel.presence(plan: plan).description + "\","
-        json += entry.json().dropFirst().dropLast()
-        json += #","ttl_seconds":\#(presence.ttl.components.seconds),"heartbeat_seconds":\#(interval)"#
-        json += #","next_heartbeat_at":""# + Timestamp.text(Date().addingTimeInterval(TimeInterval(interval))) + "\"}"
-        return .json(.ok, json)
+        let reply = HeartbeatReply(
+            channel: Channel.presence(plan: plan).description,
+            entry: entry.view(),
+            ttlSeconds: presence.ttl.components.seconds,
+            heartbeatSeconds: interval,
+            nextHeartbeatAt: Date().addingTimeInterval(TimeInterval(interval))
+        )
+        return .json(.ok, JSONText.encode(reply))
     }
 
     private func leave(_ request: Request, _ context: AppRequestContext) async throws -> Response {
@@ -52,10 +55,8 @@ struct PresenceController {
         let (principal, _) = try await AuthMiddleware.authenticate(request, tokens: tokens, allowQueryToken: false)
         try await access.checkPlan(principal, plan)
         let entries = presence.hub.presences(on: plan)
-        let json =
-            #"{"channel":""# + Channel.presence(plan: plan).description + #"","presences":["#
-            + entries.map { $0.json(includingNode: true) }.joined(separator: ",") + "]}"
-        return .json(.ok, json)
+        let list = PresenceList(channel: Channel.presence(plan: plan).description, presences: entries.map { $0.view(includingNode: true) })
+        return .json(.ok, JSONText.encode(list))
     }
 
     private func broadcast(_ request: Request, _ context: AppRequestContext) async throws -> Response {
@@ -67,7 +68,7 @@ struct PresenceController {
         if let wait = broadcastLimiter.take("broadcast:\(user)") { throw APIError.rateLimited(retryAfter: wait, what: "broadcasts") }
         try await access.checkPlan(.user(user), plan)
         presence.broadcast(message)
-        return .json(.accepted, #"{"channel":""# + Channel.plan(plan).description + #"","event":"# + JSONText.quote(message.event) + "}")
+        return .json(.accepted, JSONText.encode(BroadcastAccepted(channel: Channel.plan(plan).description, event: message.event)))
     }
 
     /// The user making a presence or broadcast request; the service role gets 403, as it may only observe.
@@ -78,4 +79,41 @@ struct PresenceController {
         }
         return user
     }
+}
+
+/// The answer to a heartbeat: the entry's fields beside where it is and when to beat again.
+private struct HeartbeatReply: Encodable {
+    var channel: String
+    var entry: PresenceView
+    var ttlSeconds: Int64
+    var heartbeatSeconds: Int64
+    var nextHeartbeatAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case channel
+        case ttlSeconds = "ttl_seconds"
+        case heartbeatSeconds = "heartbeat_seconds"
+        case nextHeartbeatAt = "next_heartbeat_at"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        try entry.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(channel, forKey: .channel)
+        try container.encode(ttlSeconds, forKey: .ttlSeconds)
+        try container.encode(heartbeatSeconds, forKey: .heartbeatSeconds)
+        try container.encode(nextHeartbeatAt, forKey: .nextHeartbeatAt)
+    }
+}
+
+/// Everyone present on a plan, with the node that holds each entry.
+private struct PresenceList: Encodable {
+    var channel: String
+    var presences: [PresenceView]
+}
+
+/// The answer to a broadcast: where it went, under what name.
+private struct BroadcastAccepted: Encodable {
+    var channel: String
+    var event: String
 }

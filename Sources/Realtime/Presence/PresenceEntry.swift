@@ -33,12 +33,30 @@ public struct PresenceEntry: Sendable, Hashable {
         self.heardAt = heardAt
     }
 
-    /// `{"user_id":…,"state":{…},"online_since":…,"last_seen":…}`, plus `"node"` when asked.
-    func json(includingNode: Bool = false) -> String {
-        var text = #"{"user_id":""# + userID.uuidString.lowercased() + #"","state":"# + state.json
-        text += #","online_since":""# + Timestamp.text(onlineSince) + #"","last_seen":""# + Timestamp.text(lastSeen) + "\""
-        if includingNode { text += #","node":"# + JSONText.quote(node) }
-        return text + "}"
+    /// The entry as the API shows it: `{"user_id":…,"state":{…},"online_since":…,"last_seen":…}`, plus `"node"` when
+    /// asked.
+    func view(includingNode: Bool = false) -> PresenceView {
+        PresenceView(
+            userID: userID.uuidString.lowercased(), state: state, onlineSince: onlineSince, lastSeen: lastSeen,
+            node: includingNode ? node : nil)
+    }
+}
+
+/// One presence entry in an API body or a presence frame. Its fields are encoded into the enclosing object, so that
+/// a heartbeat's answer and a join frame carry them beside their own.
+struct PresenceView: Encodable, Sendable {
+    var userID: String
+    var state: PresenceState
+    var onlineSince: Date
+    var lastSeen: Date
+    var node: String?
+
+    enum CodingKeys: String, CodingKey {
+        case userID = "user_id"
+        case state
+        case onlineSince = "online_since"
+        case lastSeen = "last_seen"
+        case node
     }
 }
 

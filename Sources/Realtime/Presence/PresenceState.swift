@@ -65,9 +65,5 @@ public struct PresenceState: Sendable, Hashable, Codable {
     }
 
     /// The state as compact JSON, keys sorted: `{"action":"editing","slot":"…"}`.
-    public var json: String {
-        var text = #"{"action":"# + JSONText.quote(action.rawValue)
-        if let slot { text += #","slot":"# + JSONText.quote(slot) }
-        return text + "}"
-    }
+    public var json: String { JSONText.encode(self) }
 }

@@ -25,7 +25,8 @@ public struct APIError: HTTPResponseError, CustomStringConvertible, Sendable {
 
     public var description: String { "\(status.code) \(code): \(message)" }
 
-    /// The JSON body of this error.
+    /// The JSON body of this error. Built as text because `current` is the row as PostgreSQL rendered it, passed on
+    /// unchanged.
     public var jsonBody: String {
         var body = #"{"error":{"code":"# + JSONText.quote(code) + #","message":"# + JSONText.quote(message) + "}"
         if let currentRow { body += #","current":"# + currentRow }
@@ -147,6 +148,19 @@ extension APIError {
 
 /// Small helpers for writing JSON text by hand where the text comes from PostgreSQL.
 enum JSONText {
+    /// A value as compact JSON text, keys sorted and `/` left as is. For the API's own bodies; rows that PostgreSQL
+    /// renders as JSON are passed on as text, never decoded and encoded again.
+    static func encode(_ value: some Encodable) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(Timestamp.text(date))
+        }
+        // The API's bodies hold strings, numbers, booleans, dates and JSONValue trees: none fails to encode.
+        return (try? String(decoding: encoder.encode(value), as: UTF8.self)) ?? "{}"
+    }
+
     /// A JSON string literal for `value`, quotes included.
     static func quote(_ value: String) -> String {
         var out = "\""

@@ -66,10 +66,6 @@ public enum JSONValue: Sendable, Equatable, Codable {
 
     /// Encodes an object as compact JSON text.
     static func text(of object: [String: JSONValue]) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // Encoding a tree of JSONValue cannot fail.
-        let data = (try? encoder.encode(object)) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self)
+        JSONText.encode(object)
     }
 }

@@ -13,28 +13,25 @@ extension SSEFrame {
     ///
     /// `{"type":"presence","event":"sync","channel":"presence:plan:<id>","presences":[{user_id,state,online_since,last_seen}…]}`
     static func presenceSync(plan: UUID, entries: [PresenceEntry]) -> ByteBuffer {
-        let channel = Channel.presence(plan: plan)
-        var data = #"{"type":"presence","event":"sync","channel":""# + channel.description + #"","presences":["#
-        data += entries.map { $0.json() }.joined(separator: ",")
-        data += "]}"
-        return event(presenceEventName, data: data)
+        let sync = PresenceSyncFrame(channel: Channel.presence(plan: plan).description, presences: entries.map { $0.view() })
+        return event(presenceEventName, data: JSONText.encode(sync))
     }
 
     /// A join, update or leave: `{"type":"presence","event":"join","channel":…,"user_id":…,"state":{…},"online_since":…,"last_seen":…}`.
     static func presence(_ change: PresenceChange) -> ByteBuffer {
-        let entry = change.entry
-        let channel = Channel.presence(plan: entry.planID)
-        var data = #"{"type":"presence","event":""# + change.name + #"","channel":""# + channel.description + "\","
-        data += entry.json().dropFirst()
-        return event(presenceEventName, data: data)
+        let frame = PresenceChangeFrame(
+            event: change.name, channel: Channel.presence(plan: change.entry.planID).description, entry: change.entry.view())
+        return event(presenceEventName, data: JSONText.encode(frame))
     }
 
     /// A broadcast: `{"type":"broadcast","channel":"plan:<id>","event":"<name>","user_id":…,"payload":{…}}`.
     static func broadcast(_ message: BroadcastMessage) -> ByteBuffer {
-        var data = #"{"type":"broadcast","channel":""# + Channel.plan(message.planID).description + #"","event":"#
-        data += JSONText.quote(message.event) + #","user_id":""# + message.userID.uuidString.lowercased() + #"","payload":"#
-        data += message.payloadJSON + "}"
-        return event(broadcastEventName, data: data)
+        // The payload was encoded by a node's `JSONValue.text`: it reads back as the same object.
+        let payload = (try? JSONDecoder().decode(JSONValue.self, from: Data(message.payloadJSON.utf8))) ?? .object([:])
+        let frame = BroadcastFrame(
+            channel: Channel.plan(message.planID).description, event: message.event, userID: message.userID.uuidString.lowercased(),
+            payload: payload)
+        return event(broadcastEventName, data: JSONText.encode(frame))
     }
 
     /// `event: <name>\ndata: <one line of JSON>\n\n`.
@@ -44,5 +41,47 @@ extension SSEFrame {
         buffer.writeString(data)
         buffer.writeString("\n\n")
         return buffer
+    }
+}
+
+/// `{"type":"presence","event":"sync","channel":…,"presences":[…]}`.
+private struct PresenceSyncFrame: Encodable {
+    var type = "presence"
+    var event = "sync"
+    var channel: String
+    var presences: [PresenceView]
+}
+
+/// A join, update or leave: the entry's fields beside the frame's own.
+private struct PresenceChangeFrame: Encodable {
+    var event: String
+    var channel: String
+    var entry: PresenceView
+
+    enum CodingKeys: String, CodingKey {
+        case type, event, channel
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        try entry.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode("presence", forKey: .type)
+        try container.encode(event, forKey: .event)
+        try container.encode(channel, forKey: .channel)
+    }
+}
+
+/// `{"type":"broadcast","channel":"plan:<id>","event":…,"user_id":…,"payload":{…}}`.
+private struct BroadcastFrame: Encodable {
+    var type = "broadcast"
+    var channel: String
+    var event: String
+    var userID: String
+    var payload: JSONValue
+
+    enum CodingKeys: String, CodingKey {
+        case type, channel, event
+        case userID = "user_id"
+        case payload
     }
 }

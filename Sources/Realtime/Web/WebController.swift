@@ -81,13 +81,39 @@ public final class DemoLogin: Sendable {
 
     /// Publishes the demo users with their tokens (never the service role's).
     public func publish(users: [(user: DemoData.User, token: String)]) {
-        var json = #"{"branch_id":""# + DemoData.branchID.uuidString.lowercased() + #"","plan_id":""#
-        json += DemoData.planID.uuidString.lowercased() + #"","users":["#
-        json += users.map { user, token in
-            #"{"user_id":""# + user.id.uuidString.lowercased() + #"","name":"# + JSONText.quote(user.name) + #","role":""#
-                + user.role.rawValue + #"","token":"# + JSONText.quote(token) + "}"
-        }.joined(separator: ",")
-        stored.withLock { $0 = json + "]}" }
+        let body = Body(
+            branchID: DemoData.branchID.uuidString.lowercased(),
+            planID: DemoData.planID.uuidString.lowercased(),
+            users: users.map { user, token in
+                Body.User(userID: user.id.uuidString.lowercased(), name: user.name, role: user.role.rawValue, token: token)
+            }
+        )
+        let json = JSONText.encode(body)
+        stored.withLock { $0 = json }
+    }
+
+    private struct Body: Encodable {
+        struct User: Encodable {
+            var userID: String
+            var name: String
+            var role: String
+            var token: String
+
+            enum CodingKeys: String, CodingKey {
+                case userID = "user_id"
+                case name, role, token
+            }
+        }
+
+        var branchID: String
+        var planID: String
+        var users: [User]
+
+        enum CodingKeys: String, CodingKey {
+            case branchID = "branch_id"
+            case planID = "plan_id"
+            case users
+        }
     }
 }
 
