@@ -15,8 +15,9 @@ This script checks, and exits non-zero when something fails:
 * the file loads with yaml.safe_load; with schemathesis's own loader, when schemathesis is
   installed; and with a copy of Yams's construction (merge flattening as in Node.Mapping.flatten,
   keys as their text, the last of equal keys wins), and all three give the same document;
-* no mapping merges a key it also has itself, and no mapping repeats a key, so that which
-  side wins never matters;
+* no mapping merges a key it also has itself, or merges one key twice, so that which side wins
+  never matters; no mapping repeats a key, `<<` included (Yams refuses such a document:
+  Parser.checkDuplicates in Sources/Yams/Parser.swift);
 * every `$ref` resolves inside the document; operationIds are unique;
 * with --base REV: `paths` and `components` equal REV's once description texts are left out
   (the description fields that differ are listed), every operation's responses are equal
@@ -120,10 +121,12 @@ def check_nodes(text, label):
             return
         seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            own = [k.value for k, _ in node.value if k.tag != MERGE]
-            dupes = sorted({k for k in own if own.count(k) > 1})
+            keys = [k.value for k, _ in node.value]
+            dupes = sorted({k for k in keys if keys.count(k) > 1})
             if dupes:
+                # PyYAML keeps the last; Yams refuses the document (Parser.checkDuplicates), `<<` included.
                 fail(f"{label}: line {node.start_mark.line + 1}: repeated keys {dupes}")
+            own = [k.value for k, _ in node.value if k.tag != MERGE]
             flat = yams_flatten(node)
             merged = [k.value for k, _ in flat[: len(flat) - len(own)]]
             if any(k.tag == MERGE for k, _ in node.value):
