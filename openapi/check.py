@@ -4,8 +4,9 @@
     python3 openapi/check.py [--base REV] [--file PATH]
 
 The spec writes repeated response sets once, as YAML anchors merged with `<<: *name`. Two
-programs read it: schemathesis (scripts/contract-test), through PyYAML's SafeLoader, and the
-Swift tests (RegistryTests), through Yams 6.2.x. Both resolve merge keys: PyYAML in
+programs read it: schemathesis 4 (scripts/contract-test), through a subclass of PyYAML's
+CSafeLoader whose construct_mapping calls flatten_mapping (schemathesis/core/deserialization.py),
+and the Swift tests (RegistryTests), through Yams 6.2.x. Both resolve merge keys: PyYAML in
 SafeConstructor.flatten_mapping, Yams in Node.Mapping.flatten() (Sources/Yams/Node.Mapping.swift),
 which Dictionary.private_construct_mapping (Sources/Yams/Constructor.swift) calls for every
 mapping; in both the merged pairs come first and a mapping's own key wins over a merged one.
@@ -37,6 +38,8 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(ROOT, "openapi", "openapi.yaml")
 MERGE = "tag:yaml.org,2002:merge"
+# libyaml, the parser Yams embeds (Sources/CYaml), when PyYAML was built with it.
+NODE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 failures = []
@@ -86,10 +89,10 @@ def yams_flatten(node):
 
 
 def load_yams_like(text):
-    """The document as Yams.load(yaml:) builds it: libyaml's node graph (which PyYAML composes
-    the same way, aliases being the anchored node), mappings built by Yams's rules. Scalars are
-    built by PyYAML, so that only the mapping rules are compared."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    """The document as Yams.load(yaml:) builds it: libyaml's node graph (an alias is the anchored
+    node itself, as in Yams's Parser.loadAlias), mappings built by Yams's rules. Scalars are built
+    by PyYAML, so that only the mapping rules are compared."""
+    root = yaml.compose(text, Loader=NODE_LOADER)
     scalars = yaml.constructor.SafeConstructor()
 
     def build(node):
@@ -111,7 +114,7 @@ def load_yams_like(text):
 
 def check_nodes(text, label):
     """No mapping merges a key it also has, and none repeats a key."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    root = yaml.compose(text, Loader=NODE_LOADER)
     seen = set()
     merges = 0
 
@@ -312,7 +315,7 @@ def main():
     args = parser.parse_args()
 
     text = open(args.file, encoding="utf-8").read()
-    print(f"{args.file}: {text.count(chr(10))} lines")
+    print(f"{args.file}: {text.count(chr(10))} lines; nodes composed by {NODE_LOADER.__name__}")
 
     loaders = {"pyyaml": load_pyyaml, "yams-like": load_yams_like}
     try:
