@@ -47,19 +47,27 @@ public struct Relay: Service {
         } catch {
             return
         }
-        var backoff = RelayBackoff(maximum: Self.maximumBackoff)
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            let attempt = LeadAttempt()
-            do {
-                try await cancelWhenGracefulShutdown { try await leadWhenElected(attempt) }
-                backoff.attemptEnded()
-            } catch is CancellationError {
+        let leadership = SharedLeadership(RelayLeadership(lockRetry: retryInterval, maximumBackoff: Self.maximumBackoff))
+        var action = leadership.update { $0.start() }
+        while true {
+            if Task.isShuttingDownGracefully || Task.isCancelled { action = leadership.update { $0.shutDown() } }
+            switch action {
+            case .stop:
                 return
-            } catch {
-                if Task.isShuttingDownGracefully || Task.isCancelled { return }
-                let delay = backoff.attemptFailed(wasWorking: attempt.wasWorking(longerThan: Self.maximumBackoff))
-                logger.warning("relay stopped; retrying", metadata: ["error": "\(String(reflecting: error))"])
+            case .startOver(let delay):
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+                action = leadership.update { $0.backoffElapsed() }
+            case .connectAndAskForLock:
+                do {
+                    try await cancelWhenGracefulShutdown { try await leadWhenElected(leadership) }
+                    action = leadership.update { $0.attemptEnded() }
+                } catch is CancellationError {
+                    action = leadership.update { $0.shutDown() }
+                } catch {
+                    if Task.isShuttingDownGracefully || Task.isCancelled { return }
+                    logger.warning("relay stopped; retrying", metadata: ["error": "\(String(reflecting: error))"])
+                    action = leadership.update { $0.attemptFailed(at: ContinuousClock.now) }
+                }
             }
         }
     }
@@ -68,14 +76,14 @@ public struct Relay: Service {
     static let maximumBackoff: Duration = .seconds(5)
 
     /// Waits for the lock on a dedicated connection, then relays until the connection or the stream fails.
-    private func leadWhenElected(_ attempt: LeadAttempt) async throws {
+    private func leadWhenElected(_ leadership: SharedLeadership) async throws {
         let connection = try await PostgresConnection.connect(
             configuration: DatabaseProbe.connectionConfiguration(endpoint),
             id: Int.random(in: 1...Int(Int32.max)),
             logger: logger
         )
         do {
-            try await lead(on: connection, attempt)
+            try await lead(on: connection, leadership)
         } catch {
             try? await connection.close()
             throw error
@@ -83,7 +91,7 @@ public struct Relay: Service {
         try? await connection.close()
     }
 
-    private func lead(on connection: PostgresConnection, _ attempt: LeadAttempt) async throws {
+    private func lead(on connection: PostgresConnection, _ leadership: SharedLeadership) async throws {
         // The slot's position is confirmed only after a batch's COMMIT answers: that commit must be durable then, even
         // on a server tuned to synchronous_commit = off, or a crash could lose a batch the slot will never send again.
         try await Self.whileOpen(connection) { [logger] in _ = try await connection.queryIfOpen("SET synchronous_commit = on", logger: logger) }
@@ -95,15 +103,15 @@ public struct Relay: Service {
                 for try await value in locked.decode(Bool.self) { acquired = value }
                 return acquired
             }
-            if acquired { break }
-            try await Task.sleep(for: retryInterval)
+            guard case .askAgain(let wait) = leadership.update({ $0.lockAnswered(acquired: acquired) }) else { break }
+            try await Task.sleep(for: wait)
         }
         logger.info("this node is now the relay", metadata: ["slot": "\(slot)"])
         defer { logger.info("this node stopped relaying", metadata: ["slot": "\(slot)"]) }
-        try await relay(on: connection, attempt)
+        try await relay(on: connection, leadership)
     }
 
-    private func relay(on connection: PostgresConnection, _ attempt: LeadAttempt) async throws {
+    private func relay(on connection: PostgresConnection, _ leadership: SharedLeadership) async throws {
         let stream = LogicalReplicationStream(
             conninfo: LogicalReplicationStream.conninfo(for: endpoint),
             slot: slot,
@@ -131,7 +139,7 @@ public struct Relay: Service {
             }
         }
         defer { stream.stop() }
-        attempt.startedRelaying()
+        leadership.update { $0.startedRelaying(at: ContinuousClock.now) }
         let pending = PendingTransactions()
         try await withThrowingTaskGroup(of: Void.self) { group in
             // Decoding: transactions (and pieces of large ones) queue up while the previous batch is being written, and
@@ -152,14 +160,15 @@ public struct Relay: Service {
                     stream.release(batch.reduce(0) { $0 + $1.weight })
                     if let committed = writer.wrote(batch) {
                         stream.confirm(committed)
-                        attempt.wroteBatch()
+                        leadership.update { $0.wroteBatch() }
                     }
                 }
             }
             // Leadership: the lock lives as long as this connection answers.
+            let check = leadership.update { $0.lockRetry }
             group.addTask {
                 while true {
-                    try await Task.sleep(for: retryInterval)
+                    try await Task.sleep(for: check)
                     try await Self.whileOpen(connection) { _ = try await connection.queryIfOpen("SELECT 1", logger: logger) }
                 }
             }
