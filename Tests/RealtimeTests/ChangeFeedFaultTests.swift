@@ -24,6 +24,7 @@ import Testing
 /// (These were once gated off: a statement written to a pooled connection they had just killed was never answered, so the
 /// server's pool waited forever for its lease at shutdown. `PostgresConnection.queryIfOpen` ended that; see
 /// ConnectionLossTests.)
+/// One file over 400 lines because every fault is tried on the same setup: nodes, a shared database, streams.
 @Suite(.timeLimit(.minutes(5)))
 struct ChangeFeedFaultTests {
     /// What a test kills of the server's database connections.

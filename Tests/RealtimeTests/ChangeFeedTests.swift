@@ -10,6 +10,7 @@ import Testing
 @testable import Realtime
 
 /// The change feed end to end: real PostgreSQL, the relay reading the WAL, the tailer, and real SSE connections.
+/// One file over 400 lines because its tests share one set of helpers for a server with the feed and its streams.
 @Suite struct ChangeFeedTests {
     /// Opens a stream at `path` (e.g. `/realtime/v1/plan/<id>`) as `principal`.
     static func open(

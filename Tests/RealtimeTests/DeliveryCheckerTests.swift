@@ -21,6 +21,7 @@ import Testing
 /// It runs plain, and with a fault injected while it runs: every database connection of the server killed twice
 /// (writers then retry a `503 database_unavailable` with the same `Idempotency-Key`, as clients do), or a transaction
 /// held open across most of the writes.
+/// One file over 400 lines because the checker and the workload it checks are one thing, read together.
 @Suite(.timeLimit(.minutes(4)))
 struct DeliveryCheckerTests {
     enum Fault: String, Sendable {

@@ -6,6 +6,8 @@ import Testing
 
 @testable import Realtime
 
+/// One file over 400 lines because every test shares one fixture (a database, a publication, a slot and the streams
+/// it must clean up), kept beside them.
 @Suite struct LogicalReplicationTests {
     /// A guard against a hang, not a speed target: a slot creation waits for the transactions running on the cluster,
     /// and with the whole suite in parallel it may wait behind those of twenty servers' start-ups.

@@ -11,6 +11,7 @@ import Testing
 ///
 /// Every test runs on its own server and database, with two branches: "home", whose rows are tried, and "other",
 /// whose admin is one of the callers.
+/// One file over 400 lines because it is one matrix: every role × table × operation, through REST and through SQL.
 @Suite struct PolicyMatrixTests {
     typealias Reply = TestServer.Client.Reply
 

@@ -8,6 +8,7 @@ import Testing
 
 /// The policy across time, end to end: what a user may replay is what they could see when it happened, and a row that
 /// moves away shows those it leaves only what they could already see.
+/// One file over 400 lines because its tests share the helpers that replay a history and compare it with the truth.
 @Suite struct PolicyOverTimeTests {
     static let service = Principal.service(actingUser: nil)
 

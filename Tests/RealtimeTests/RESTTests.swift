@@ -5,6 +5,7 @@ import Testing
 @testable import Realtime
 
 /// Every endpoint's happy path, and the errors of bad input, through the router against a real database.
+/// One file over 400 lines because it walks the whole REST surface once, endpoint by endpoint.
 @Suite struct RESTTests {
     @Test func healthAndReadiness() async throws {
         let server = try await TestServer.make()

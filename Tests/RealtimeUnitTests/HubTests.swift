@@ -6,6 +6,8 @@ import Testing
 
 @testable import Realtime
 
+/// The hub without I/O: who receives which event, memberships and moves over time, presence, slow readers, removal.
+/// One file over 400 lines because every test drives the same hub state machine through the same fixture.
 @Suite struct HubTests {
     @Test func aMemberOfOneBranchNeverReceivesAnotherBranchsEvents() throws {
         let hub = Fixture.hub()
