@@ -68,6 +68,10 @@ extension APIError {
 
     // 404
     static func notFound(_ message: String = "Not found.") -> APIError { .init(.notFound, code: "not_found", message: message) }
+    /// A row that does not exist, or lies in a branch the caller cannot see: the same answer either way.
+    static func rowNotVisible(_ table: String, _ id: UUID) -> APIError {
+        notFound("No \(table) with id \(id.uuidString.lowercased()) is visible to you.")
+    }
 
     // 409
     static func duplicate(_ message: String) -> APIError { .init(.conflict, code: "duplicate", message: message) }

@@ -158,3 +158,25 @@ struct AdminController {
         return values
     }
 }
+
+extension Database {
+    /// Runs one of the admin endpoints' creates in a request transaction, honouring an `Idempotency-Key`: 201 with the new row, or the replay of
+    /// the first answer given to that key.
+    func withIdempotentCreate(
+        as principal: Principal,
+        _ idempotency: Idempotency?,
+        _ create: @escaping (RequestTransaction) async throws -> String
+    ) async throws -> Response {
+        let (status, body, replayed) = try await withRequestTransaction(as: principal) { transaction in
+            if let idempotency, let stored = try await idempotency.claim(in: transaction) {
+                return (stored.status, stored.body, true)
+            }
+            let row = try await create(transaction)
+            try await idempotency?.record(status: 201, body: row, in: transaction)
+            return (201, row, false)
+        }
+        var headers = HTTPFields()
+        if replayed { headers[Idempotency.replayedHeader] = "true" }
+        return .json(HTTPResponse.Status(code: status), body, headers: headers)
+    }
+}

@@ -41,52 +41,35 @@ struct RowController {
         var request = request
         let (body, bytes) = try await request.jsonObject(limit: maxBodyBytes)
         let idempotency = try Idempotency(request: request, body: bytes)
-        let rows = RowStore.rowsToLocate(in: schema, changing: nil, body: body)
-        return try await database.withIdempotentCreate(as: context.requirePrincipal(), idempotency, locating: rows) { transaction in
-            try await RowStore(schema: schema, transaction: transaction, memberships: transaction.memberships()).create(body)
+        let rows = RowWritePlanner.rowsToLocate(in: schema, changing: nil, body: body)
+        let notFound = APIError.notFound("The \(schema.table) was not written: a row it depends on is gone.")
+        let answer = try await database.write(as: context.requirePrincipal(), locating: rows, idempotency: idempotency, notFound: notFound) {
+            try RowWritePlanner(schema: schema, caller: $0).create(body)
         }
+        var headers = HTTPFields()
+        if answer.replayedStatus != nil { headers[Idempotency.replayedHeader] = "true" }
+        return .json(HTTPResponse.Status(code: answer.replayedStatus ?? 201), answer.body, headers: headers)
     }
 
     @Sendable func update(request: Request, context: AppRequestContext) async throws -> Response {
         let id = try context.uuidParameter("id")
         var request = request
         let (body, _) = try await request.jsonObject(limit: maxBodyBytes)
-        let rows = RowStore.rowsToLocate(in: schema, changing: id, body: body)
-        let row = try await database.withRequestTransaction(as: context.requirePrincipal(), locating: rows) { transaction in
-            try await RowStore(schema: schema, transaction: transaction, memberships: transaction.memberships()).update(id, body)
+        let rows = RowWritePlanner.rowsToLocate(in: schema, changing: id, body: body)
+        let answer = try await database.write(as: context.requirePrincipal(), locating: rows, notFound: notFound(id)) {
+            try RowWritePlanner(schema: schema, caller: $0).update(id, body)
         }
-        return .json(.ok, row)
+        return .json(.ok, answer.body)
     }
 
     @Sendable func delete(request: Request, context: AppRequestContext) async throws -> Response {
         let id = try context.uuidParameter("id")
-        let rows = RowStore.rowsToLocate(in: schema, changing: id, body: [:])
-        try await database.withRequestTransaction(as: context.requirePrincipal(), locating: rows) { transaction in
-            try await RowStore(schema: schema, transaction: transaction, memberships: transaction.memberships()).delete(id)
+        let rows = RowWritePlanner.rowsToLocate(in: schema, changing: id, body: [:])
+        _ = try await database.write(as: context.requirePrincipal(), locating: rows, notFound: notFound(id)) {
+            try RowWritePlanner(schema: schema, caller: $0).delete(id)
         }
         return .noContent
     }
-}
 
-extension Database {
-    /// Runs a create in a request transaction, honouring an `Idempotency-Key`: 201 with the new row, or the replay of
-    /// the first answer given to that key.
-    func withIdempotentCreate(
-        as principal: Principal,
-        _ idempotency: Idempotency?,
-        locating rows: [RowLocation] = [],
-        _ create: @escaping (RequestTransaction) async throws -> String
-    ) async throws -> Response {
-        let (status, body, replayed) = try await withRequestTransaction(as: principal, locating: rows) { transaction in
-            if let idempotency, let stored = try await idempotency.claim(in: transaction) {
-                return (stored.status, stored.body, true)
-            }
-            let row = try await create(transaction)
-            try await idempotency?.record(status: 201, body: row, in: transaction)
-            return (201, row, false)
-        }
-        var headers = HTTPFields()
-        if replayed { headers[Idempotency.replayedHeader] = "true" }
-        return .json(HTTPResponse.Status(code: status), body, headers: headers)
-    }
+    private func notFound(_ id: UUID) -> APIError { .rowNotVisible(schema.table, id) }
 }

@@ -1,0 +1,72 @@
+-- 0007: a REST write of a row in one call, in one round trip.
+--
+-- The server reads the caller's memberships and the branches of the rows a write names (one round trip), decides the
+-- Swift policy with its clear errors, and then hands the write to this function (the second and last round trip): it
+-- takes on the caller's role, so row-level security checks every statement once more, claims the Idempotency-Key,
+-- checks that the client's copy is not stale, writes, and records the answer under the key, all in the one
+-- transaction of the call. Before, the same took BEGIN, the caller's settings, the claim, the check, the write, the
+-- record and COMMIT, each a round trip of its own.
+--
+-- Outcomes other than a write are errors, so that nothing of the call stays (a claimed key rolls back with a failed
+-- write, and the client may retry with it): RT404 the row is gone, RT409 the stored row is newer than the client's
+-- copy (DETAIL: the stored row as JSON), RT422 the key was used for another request.
+--
+-- `statement` and `stale_check` are built by the server from the table registry's names only; every value reaches
+-- them through `params` (`$1[n]` in the statement).
+
+CREATE FUNCTION realtime.apply_write(
+    caller_role text,
+    caller_id text,
+    caller_key text,
+    key_text text,
+    key_request_hash text,
+    answer_status integer,
+    stale_check text,
+    statement text,
+    params text[]
+) RETURNS TABLE (was_replayed boolean, stored_status integer, answer text)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $$
+DECLARE
+    stored realtime.idempotency_key%ROWTYPE;
+    current_row text;
+    is_newer boolean;
+    written text;
+BEGIN
+    PERFORM set_config('role', caller_role, true), set_config('realtime.user_id', caller_id, true),
+            set_config('realtime.principal', caller_key, true);
+    IF key_text IS NOT NULL THEN
+        INSERT INTO realtime.idempotency_key AS k (owner, key, request_hash) VALUES (caller_key, key_text, key_request_hash)
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            SELECT * INTO stored FROM realtime.idempotency_key AS k WHERE k.owner = caller_key AND k.key = key_text;
+            IF stored.request_hash IS DISTINCT FROM key_request_hash OR stored.status IS NULL OR stored.response IS NULL THEN
+                RAISE EXCEPTION 'the Idempotency-Key was used for another request' USING ERRCODE = 'RT422';
+            END IF;
+            RETURN QUERY SELECT true, stored.status, stored.response;
+            RETURN;
+        END IF;
+    END IF;
+    IF stale_check IS NOT NULL THEN
+        EXECUTE stale_check INTO current_row, is_newer USING params;
+        IF current_row IS NULL THEN
+            RAISE EXCEPTION 'no such row' USING ERRCODE = 'RT404';
+        END IF;
+        IF is_newer THEN
+            RAISE EXCEPTION 'the stored row is newer' USING ERRCODE = 'RT409', DETAIL = current_row;
+        END IF;
+    END IF;
+    EXECUTE statement INTO written USING params;
+    IF written IS NULL THEN
+        RAISE EXCEPTION 'no such row' USING ERRCODE = 'RT404';
+    END IF;
+    IF key_text IS NOT NULL THEN
+        UPDATE realtime.idempotency_key AS k SET status = answer_status, response = written
+        WHERE k.owner = caller_key AND k.key = key_text;
+    END IF;
+    RETURN QUERY SELECT false, answer_status, written;
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION realtime.apply_write(text, text, text, text, text, integer, text, text, text[])
+    TO PUBLIC;

@@ -1,0 +1,109 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// What a planned write came to.
+struct WriteAnswer: Sendable {
+    /// The row's JSON (a create, an update), the deleted id, or a replayed answer's body.
+    var body: String
+    /// The status stored with an `Idempotency-Key` and replayed; nil for a write made now.
+    var replayedStatus: Int?
+}
+
+extension Database {
+    /// A REST write of a row in two round trips on one connection.
+    ///
+    /// The first reads, as the connecting role, the caller's memberships and the branch of each row in `rows`; `plan`
+    /// decides the Swift policy with them (its clear errors end the request here, with nothing written) and builds the
+    /// statement. The second is `realtime.apply_write` (migration 0007), which runs it in one transaction as the caller,
+    /// under row-level security, with the `Idempotency-Key`'s claim and record and the stale check around it.
+    ///
+    /// A serialization failure or deadlock is retried (up to three attempts in all). `notFound` is the answer when the
+    /// row is gone by the second round trip.
+    func write(
+        as principal: Principal,
+        locating rows: [RowLocation],
+        idempotency: Idempotency? = nil,
+        notFound: APIError,
+        _ plan: (CallerView) throws -> PlannedWrite
+    ) async throws -> WriteAnswer {
+        var attempt = 1
+        while true {
+            do {
+                return try await client.withConnection { connection in
+                    let caller = try await Self.readCaller(principal, locating: rows, on: connection, logger: logger)
+                    let write = try plan(caller)
+                    return try await Self.apply(write, as: principal, idempotency: idempotency, notFound: notFound, on: connection, logger: logger)
+                }
+            } catch let error as PSQLError where attempt < 3 && ["40001", "40P01"].contains(error.sqlState) {
+                attempt += 1
+                logger.debug("retrying a write after \(error.sqlState ?? "")", metadata: ["attempt": "\(attempt)"])
+            }
+        }
+    }
+
+    /// The caller's memberships and where the named rows lie, in one statement outside any transaction.
+    private static func readCaller(
+        _ principal: Principal,
+        locating rows: [RowLocation],
+        on connection: PostgresConnection,
+        logger: Logger
+    ) async throws -> CallerView {
+        var builder = SQLBuilder()
+        let userID = builder.bind(principal.userIDSetting)
+        let located = rows.map { ", (SELECT branch_id FROM \(identifier($0.table)) WHERE id = \(builder.bind($0.id)))" }
+        let sql = """
+            SELECT (SELECT coalesce(json_object_agg(branch_id, role), '{}')::text FROM branch_member
+                    WHERE user_id = nullif(\(userID), '')::uuid)\(located.joined())
+            """
+        guard let row = try await connection.rowsIfOpen(builder.query(sql), logger: logger).first else {
+            throw APIError.notReady("The database did not answer who is asking.")
+        }
+        var cells = row.makeIterator()
+        let memberships = try memberships(fromJSON: cells.next()?.decode(String?.self) ?? "{}", of: principal)
+        var branches: [RowLocation: UUID?] = [:]
+        for location in rows { branches[location] = try cells.next()?.decode(UUID?.self) ?? nil }
+        return CallerView(principal: principal, memberships: memberships, located: branches)
+    }
+
+    /// Runs a planned write through `realtime.apply_write`, and turns its outcomes into the API's answers.
+    private static func apply(
+        _ write: PlannedWrite,
+        as principal: Principal,
+        idempotency: Idempotency?,
+        notFound: APIError,
+        on connection: PostgresConnection,
+        logger: Logger
+    ) async throws -> WriteAnswer {
+        var builder = SQLBuilder()
+        let role = builder.bind(principal.databaseRole)
+        let userID = builder.bind(principal.userIDSetting)
+        let key = builder.bind(principal.key)
+        let idempotencyKey = builder.bind(idempotency?.key)
+        let requestHash = builder.bind(idempotency?.requestHash)
+        let status = builder.bind(Int32(201))
+        let staleCheck = builder.bind(write.staleCheck)
+        let statement = builder.bind(write.statement)
+        // PostgresNIO binds no arrays with NULL elements: the values travel as a JSON array, nulls included.
+        let values = builder.bind(JSONText.encode(write.values))
+        let sql = """
+            SELECT was_replayed, stored_status, answer FROM realtime.apply_write(\(role), \(userID), \(key), \(idempotencyKey)::text,
+                \(requestHash)::text, \(status), \(staleCheck)::text, \(statement),
+                ARRAY(SELECT v FROM json_array_elements_text(\(values)::json) WITH ORDINALITY AS e(v, n) ORDER BY n))
+            """
+        do {
+            guard let row = try await connection.rowsIfOpen(builder.query(sql), logger: logger).first else {
+                throw APIError.notReady("The database did not answer the write.")
+            }
+            let (replayed, stored, answer) = try row.decode((Bool, Int?, String).self)
+            return WriteAnswer(body: answer, replayedStatus: replayed ? stored : nil)
+        } catch let error as PSQLError {
+            switch error.sqlState {
+            case "RT404": throw notFound
+            case "RT409": throw APIError.staleUpdate(current: error.serverInfo?[.detail] ?? "{}")
+            case "RT422": throw APIError.idempotencyKeyReused
+            default: throw error
+            }
+        }
+    }
+}
