@@ -185,6 +185,26 @@ import Testing
         }
     }
 
+    /// A write that fails in the database (here a CHECK) leaves its Idempotency-Key unclaimed: the retry fails the same
+    /// way, not as a reused key, and a corrected request under a new key is written once.
+    @Test func aFailedWriteLeavesItsIdempotencyKeyFree() async throws {
+        let server = try await TestServer.make()
+        try await server.test { client in
+            let team = try await Team.make(client)
+            let plan = try await team.makePlan(client)
+            var headers = HTTPFields()
+            headers[HTTPField.Name("Idempotency-Key")!] = "backwards-1"
+            let body = #"{"plan_id":"\#(plan)","title":"Backwards","starts_at":"2026-11-30T10:00:00Z","ends_at":"2026-11-30T09:00:00Z"}"#
+            for _ in 0..<2 {
+                let reply = try await client.send(.post, "/rest/v1/tasks", as: .user(team.editor), json: body, headers: headers)
+                #expect(reply.status == .unprocessableContent)
+                #expect(reply.errorCode == "constraint_violation")
+            }
+            let tasks = try await client.send(.get, "/rest/v1/tasks?plan_id=eq.\(plan)", as: .user(team.editor))
+            #expect(tasks.array.isEmpty)
+        }
+    }
+
     @Test func idempotentPostWritesOnce() async throws {
         let server = try await TestServer.make()
         try await server.test { client in
