@@ -42,7 +42,8 @@ extension Database {
         }
     }
 
-    /// The caller's memberships and where the named rows lie, in one statement outside any transaction.
+    /// The caller's memberships and where the named rows lie, in one statement outside any transaction. (Prepared, with
+    /// every table in a `CASE`, it measured no cheaper under W: its shape varies little and it plans fast.)
     private static func readCaller(
         _ principal: Principal,
         locating rows: [RowLocation],
@@ -75,27 +76,14 @@ extension Database {
         on connection: PostgresConnection,
         logger: Logger
     ) async throws -> WriteAnswer {
-        var builder = SQLBuilder()
-        let role = builder.bind(principal.databaseRole)
-        let userID = builder.bind(principal.userIDSetting)
-        let key = builder.bind(principal.key)
-        let idempotencyKey = builder.bind(idempotency?.key)
-        let requestHash = builder.bind(idempotency?.requestHash)
-        let status = builder.bind(Int32(201))
-        let staleCheck = builder.bind(write.staleCheck)
-        let statement = builder.bind(write.statement)
-        // PostgresNIO binds no arrays with NULL elements: the values travel as a JSON array, nulls included.
-        let values = builder.bind(JSONText.encode(write.values))
-        let sql = """
-            SELECT was_replayed, stored_status, answer FROM realtime.apply_write(\(role), \(userID), \(key), \(idempotencyKey)::text,
-                \(requestHash)::text, \(status), \(staleCheck)::text, \(statement),
-                ARRAY(SELECT v FROM json_array_elements_text(\(values)::json) WITH ORDINALITY AS e(v, n) ORDER BY n))
-            """
+        let call = ApplyWrite(
+            role: principal.databaseRole, userID: principal.userIDSetting, principal: principal.key, idempotencyKey: idempotency?.key,
+            requestHash: idempotency?.requestHash, staleCheck: write.staleCheck, statement: write.statement,
+            values: JSONText.encode(write.values))
         do {
-            guard let row = try await connection.rowsIfOpen(builder.query(sql), logger: logger).first else {
+            guard let (replayed, stored, answer) = try await connection.rowsIfOpen(call, logger: logger).first else {
                 throw APIError.notReady("The database did not answer the write.")
             }
-            let (replayed, stored, answer) = try row.decode((Bool, Int?, String).self)
             return WriteAnswer(body: answer, replayedStatus: replayed ? stored : nil)
         } catch let error as PSQLError {
             switch error.sqlState {
@@ -106,4 +94,35 @@ extension Database {
             }
         }
     }
+}
+
+/// The call of `realtime.apply_write`, prepared once per connection: the same text for every write.
+private struct ApplyWrite: PostgresPreparedStatement {
+    static let name = "realtime_apply_write"
+    static let sql = """
+        SELECT was_replayed, stored_status, answer FROM realtime.apply_write($1, $2, $3, $4, $5, 201, $6, $7,
+            ARRAY(SELECT v FROM json_array_elements_text($8::json) WITH ORDINALITY AS e(v, n) ORDER BY n))
+        """
+    static let bindingDataTypes: [PostgresDataType] = [.text, .text, .text, .text, .text, .text, .text, .text]
+    typealias Row = (Bool, Int?, String)
+
+    var role: String
+    var userID: String
+    var principal: String
+    var idempotencyKey: String?
+    var requestHash: String?
+    var staleCheck: String?
+    var statement: String
+    /// The statement's values as a JSON array (PostgresNIO binds no arrays with NULL elements).
+    var values: String
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings()
+        for value in [role, userID, principal, idempotencyKey, requestHash, staleCheck, statement, values] {
+            if let value { bindings.append(value) } else { bindings.appendNull() }
+        }
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }

@@ -26,6 +26,19 @@ extension PostgresConnection {
         }
     }
 
+    /// Runs a prepared statement (prepared on this connection the first time) like `queryIfOpen(_:logger:)`: failing at
+    /// once when the connection has closed. Returns all its rows.
+    @concurrent
+    func rowsIfOpen<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row] {
+        try await withTaskExecutorPreference(EventLoopTaskExecutor(eventLoop)) {
+            eventLoop.assertInEventLoop()
+            guard !isClosed else { throw DatabaseConnectionClosed() }
+            var rows: [Statement.Row] = []
+            for try await row in try await self.execute(statement, logger: logger) { rows.append(row) }
+            return rows
+        }
+    }
+
     /// All rows of a statement run with `queryIfOpen(_:logger:)`.
     @discardableResult
     func rowsIfOpen(_ query: PostgresQuery, logger: Logger) async throws -> [PostgresRow] {
