@@ -1,4 +1,4 @@
--- 0007: a REST write of a row in one call, in one round trip.
+-- 0007: a REST write of a row as one call: the second and last of its round trips.
 --
 -- The server reads the caller's memberships and the branches of the rows a write names (one round trip), decides the
 -- Swift policy with its clear errors, and then hands the write to this function (the second and last round trip): it
