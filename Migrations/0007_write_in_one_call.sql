@@ -1,11 +1,12 @@
--- 0007: a REST write of a row as one call: the second and last of its round trips.
+-- 0007: a REST write of a row as one call.
 --
 -- The server reads the caller's memberships and the branches of the rows a write names (one round trip), decides the
--- Swift policy with its clear errors, and then hands the write to this function (the second and last round trip): it
+-- Swift policy with its clear errors, and then hands the write to this function (the second round trip): it
 -- takes on the caller's role, so row-level security checks every statement once more, claims the Idempotency-Key,
 -- checks that the client's copy is not stale, writes, and records the answer under the key, all in the one
 -- transaction of the call. Before, the same took BEGIN, the caller's settings, the claim, the check, the write, the
--- record and COMMIT, each a round trip of its own.
+-- record and COMMIT, each a round trip of its own. (The call's transaction commits at the protocol's Sync, after its
+-- answer has been sent: the server acknowledges the write only once a third, empty statement has been answered.)
 --
 -- Outcomes other than a write are errors, so that nothing of the call stays (a claimed key rolls back with a failed
 -- write, and the client may retry with it): RT404 the row is gone, RT409 the stored row is newer than the client's

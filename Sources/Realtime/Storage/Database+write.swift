@@ -11,12 +11,13 @@ struct WriteAnswer: Sendable {
 }
 
 extension Database {
-    /// A REST write of a row in two round trips on one connection.
+    /// A REST write of a row in three round trips on one connection.
     ///
     /// The first reads, as the connecting role, the caller's memberships and the branch of each row in `rows`; `plan`
     /// decides the Swift policy with them (its clear errors end the request here, with nothing written) and builds the
     /// statement. The second is `realtime.apply_write` (migration 0007), which runs it in one transaction as the caller,
-    /// under row-level security, with the `Idempotency-Key`'s claim and record and the stale check around it.
+    /// under row-level security, with the `Idempotency-Key`'s claim and record and the stale check around it. The third
+    /// confirms that the call's transaction committed before the write is acknowledged.
     ///
     /// A serialization failure or deadlock is retried (up to three attempts in all). `notFound` is the answer when the
     /// row is gone by the second round trip.
@@ -84,6 +85,11 @@ extension Database {
             guard let (replayed, stored, answer) = try await connection.rowsIfOpen(call, logger: logger).first else {
                 throw APIError.notReady("The database did not answer the write.")
             }
+            // The call ran in an implicit transaction, which PostgreSQL commits only at the protocol's Sync, after the
+            // rows and CommandComplete that PostgresNIO has already handed over: a crash in between would lose a write
+            // already answered 201 (ProcessFaultTests caught it). The next statement is answered only after that
+            // commit, so its answer is the commit's: then the write may be acknowledged.
+            _ = try await connection.rowsIfOpen(CommitConfirmation(), logger: logger)
             return WriteAnswer(body: answer, replayedStatus: replayed ? stored : nil)
         } catch let error as PSQLError {
             switch error.sqlState {
@@ -125,4 +131,14 @@ private struct ApplyWrite: PostgresPreparedStatement {
     }
 
     func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+}
+
+/// A statement sent after a write's call only to learn that its implicit transaction committed (see `apply`).
+private struct CommitConfirmation: PostgresPreparedStatement {
+    static let name = "realtime_commit_confirmation"
+    static let sql = "SELECT 1"
+    typealias Row = Int32
+
+    func makeBindings() throws -> PostgresBindings { PostgresBindings() }
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Int32.self) }
 }
