@@ -440,7 +440,10 @@ import Testing
             #expect(Self.value(of: #"realtime_delay_ms_count{table="task"}"#, in: open.text) ?? 0 >= 1, "\(open.text)")
             #expect(open.text.contains("realtime_relay_lag_bytes"))
             stream.close()
-            try await Task.sleep(for: .milliseconds(500))
+            // The server learns of the close when its next write or read fails: wait for it with a deadline.
+            try await ChangeFeedFaultTests.waitUntil("the closed stream counted", timeout: .seconds(30)) {
+                try await client.send(.get, "/metrics", as: nil).text.contains("realtime_open_streams 0")
+            }
             let closed = try await client.send(.get, "/metrics", as: nil)
             #expect(closed.text.contains("realtime_open_streams 0"))
             #expect(Self.value(of: #"realtime_disconnects_total{reason="client_closed"}"#, in: closed.text) == 1)
