@@ -466,14 +466,14 @@ import Testing
         // change event still waits for the grant's event: aMembershipTheDatabaseHasButTheFeedHasNotReachedShowsNoEarlierEvent.)
         let early = try hub.subscribe(
             principal: .user(Fixture.bob), channels: [.plan(Fixture.planA2)], admittedWith: Memberships([Fixture.branchA: .viewer]))
-        hub.broadcast(BroadcastMessage(planID: Fixture.planA2, userID: Fixture.alice, event: "e", payloadJSON: "{}"))
+        hub.broadcast(BroadcastMessage(planID: Fixture.planA2, userID: Fixture.alice, event: "e", payload: [:]))
         #expect(early.buffered().count == 1)
         hub.publish([
             Fixture.event(2, "branch_member", .insert, branch: Fixture.branchA, record: Fixture.memberRow(user: Fixture.bob, branch: Fixture.branchA))
         ])
-        hub.broadcast(BroadcastMessage(planID: Fixture.planA2, userID: Fixture.alice, event: "e", payloadJSON: "{}"))
+        hub.broadcast(BroadcastMessage(planID: Fixture.planA2, userID: Fixture.alice, event: "e", payload: [:]))
         #expect(early.buffered().count == 1)
-        hub.broadcast(BroadcastMessage(planID: Fixture.planA, userID: Fixture.bob, event: "e", payloadJSON: "{}"))
+        hub.broadcast(BroadcastMessage(planID: Fixture.planA, userID: Fixture.bob, event: "e", payload: [:]))
         #expect(bob.buffered().count == 1)
     }
 

@@ -165,10 +165,9 @@ public struct Relay: Service {
                 }
             }
             // Leadership: the lock lives as long as this connection answers.
-            let check = leadership.update { $0.lockRetry }
             group.addTask {
                 while true {
-                    try await Task.sleep(for: check)
+                    try await Task.sleep(for: retryInterval)
                     try await Self.whileOpen(connection) { _ = try await connection.queryIfOpen("SELECT 1", logger: logger) }
                 }
             }

@@ -6,19 +6,19 @@ public struct BroadcastMessage: Sendable, Hashable {
     public var planID: UUID
     public var userID: UUID
     public var event: String
-    /// The payload object as compact JSON text.
-    public var payloadJSON: String
+    /// The payload object.
+    public var payload: [String: JSONValue]
 
     /// The most bytes of a payload as JSON.
     public static let maxPayloadBytes = 2048
     /// The most characters of an event name.
     public static let maxEventLength = 64
 
-    public init(planID: UUID, userID: UUID, event: String, payloadJSON: String) {
+    public init(planID: UUID, userID: UUID, event: String, payload: [String: JSONValue]) {
         self.planID = planID
         self.userID = userID
         self.event = event
-        self.payloadJSON = payloadJSON
+        self.payload = payload
     }
 
     /// Reads a broadcast body.
@@ -40,7 +40,7 @@ public struct BroadcastMessage: Sendable, Hashable {
         guard json.utf8.count <= Self.maxPayloadBytes else {
             throw .invalidValue("payload must be at most \(Self.maxPayloadBytes) bytes as JSON; it is \(json.utf8.count).")
         }
-        self.init(planID: planID, userID: userID, event: event, payloadJSON: json)
+        self.init(planID: planID, userID: userID, event: event, payload: object)
     }
 
     static func isEventName(_ text: String) -> Bool {

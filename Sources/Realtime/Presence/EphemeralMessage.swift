@@ -24,7 +24,7 @@ public struct EphemeralMessage: Sendable, Hashable, Codable {
     public var onlineSince: Date?
     public var lastSeen: Date?
     public var event: String?
-    /// A broadcast's payload as JSON text.
+    /// A broadcast's payload as JSON text (text, so that nodes of other versions read it alike).
     public var payload: String?
 
     enum CodingKeys: String, CodingKey {
@@ -52,7 +52,9 @@ public struct EphemeralMessage: Sendable, Hashable, Codable {
     }
 
     public static func broadcast(_ message: BroadcastMessage, from node: String) -> EphemeralMessage {
-        EphemeralMessage(kind: .broadcast, node: node, plan: message.planID, user: message.userID, event: message.event, payload: message.payloadJSON)
+        EphemeralMessage(
+            kind: .broadcast, node: node, plan: message.planID, user: message.userID, event: message.event,
+            payload: JSONValue.text(of: message.payload))
     }
 
     /// The presence entry of a heartbeat, heard now.
@@ -61,10 +63,12 @@ public struct EphemeralMessage: Sendable, Hashable, Codable {
         return PresenceEntry(planID: plan, userID: user, state: state, onlineSince: onlineSince, lastSeen: lastSeen, node: node, heardAt: heardAt)
     }
 
-    /// The broadcast it carries.
+    /// The broadcast it carries; nil when it carries none, or a payload that is not a JSON object.
     var broadcastMessage: BroadcastMessage? {
-        guard kind == .broadcast, let plan, let user, let event, let payload else { return nil }
-        return BroadcastMessage(planID: plan, userID: user, event: event, payloadJSON: payload)
+        guard kind == .broadcast, let plan, let user, let event, let payload,
+            let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(payload.utf8))
+        else { return nil }
+        return BroadcastMessage(planID: plan, userID: user, event: event, payload: object)
     }
 
     static let encoder: JSONEncoder = {

@@ -1,7 +1,7 @@
 import Foundation
 
 /// A JSON value as it came in a request body, keeping booleans, numbers and strings apart.
-public enum JSONValue: Sendable, Equatable, Codable {
+public enum JSONValue: Sendable, Hashable, Codable {
     case null
     case bool(Bool)
     case integer(Int64)

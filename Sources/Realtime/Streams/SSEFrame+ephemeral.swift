@@ -26,11 +26,9 @@ extension SSEFrame {
 
     /// A broadcast: `{"type":"broadcast","channel":"plan:<id>","event":"<name>","user_id":…,"payload":{…}}`.
     static func broadcast(_ message: BroadcastMessage) -> ByteBuffer {
-        // The payload was encoded by a node's `JSONValue.text`: it reads back as the same object.
-        let payload = (try? JSONDecoder().decode(JSONValue.self, from: Data(message.payloadJSON.utf8))) ?? .object([:])
         let frame = BroadcastFrame(
             channel: Channel.plan(message.planID).description, event: message.event, userID: message.userID.uuidString.lowercased(),
-            payload: payload)
+            payload: message.payload)
         return event(broadcastEventName, data: JSONText.encode(frame))
     }
 
@@ -77,7 +75,7 @@ private struct BroadcastFrame: Encodable {
     var channel: String
     var event: String
     var userID: String
-    var payload: JSONValue
+    var payload: [String: JSONValue]
 
     enum CodingKeys: String, CodingKey {
         case type, channel, event
