@@ -588,7 +588,9 @@ class Suite:
         wait_until(lambda: a.status() in ("offline", "stale"), 5, "A offline")
         a.type_title(task, "A's earlier offline edit")
         wait_until(lambda: (a.row(task) or {}).get("pending") is True, 2, "A's edit is pending")
-        time.sleep(0.3)
+        # B's edit must be later than A's by more than two pages' estimates of the server's clock may differ: each
+        # reads it from `Date` headers, to the second. 0.3 s was less, and A's stamp came out later than B's in CI.
+        time.sleep(1.5)
         b.type_title(task, "B's later edit")
         wait_until(lambda: (b.row(task) or {}).get("pending") is False, 5, "B's edit is confirmed")
         a.set_offline(False)
