@@ -4,7 +4,7 @@ import Testing
 @testable import Realtime
 
 /// A write's Swift policy and statement, without a database: what the planner refuses with which error, and what it
-/// hands `realtime.apply_write` (values only as parameters, never in the statement's text).
+/// hands `realtime.commit_write` (values only as parameters, never in the statement's text).
 @Suite struct RowWritePlannerTests {
     let branch = UUID()
     let otherBranch = UUID()

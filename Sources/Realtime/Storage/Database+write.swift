@@ -11,13 +11,14 @@ struct WriteAnswer: Sendable {
 }
 
 extension Database {
-    /// A REST write of a row in three round trips on one connection.
+    /// A REST write of a row in two round trips on one connection.
     ///
     /// The first reads, as the connecting role, the caller's memberships and the branch of each row in `rows`; `plan`
     /// decides the Swift policy with them (its clear errors end the request here, with nothing written) and builds the
-    /// statement. The second is `realtime.apply_write` (migration 0007), which runs it in one transaction as the caller,
-    /// under row-level security, with the `Idempotency-Key`'s claim and record and the stale check around it. The third
-    /// confirms that the call's transaction committed before the write is acknowledged.
+    /// statement. The second is `CALL realtime.commit_write` (migration 0008), which runs it in one transaction as the
+    /// caller, under row-level security, with the `Idempotency-Key`'s claim and record and the stale check around it,
+    /// and commits before it answers: an answer is a committed write, and a refusal at the commit (a deferred
+    /// constraint) is the call's own error.
     ///
     /// A serialization failure or deadlock is retried (up to three attempts in all). `notFound` is the answer when the
     /// row is gone by the second round trip.
@@ -64,11 +65,11 @@ extension Database {
         var cells = row.makeIterator()
         let memberships = try memberships(fromJSON: cells.next()?.decode(String?.self) ?? "{}", of: principal)
         var branches: [RowLocation: UUID?] = [:]
-        for location in rows { branches[location] = try cells.next()?.decode(UUID?.self) ?? nil }
+        for location in rows { branches.updateValue(try cells.next()?.decode(UUID?.self), forKey: location) }
         return CallerView(principal: principal, memberships: memberships, located: branches)
     }
 
-    /// Runs a planned write through `realtime.apply_write`, and turns its outcomes into the API's answers.
+    /// Runs a planned write through `realtime.commit_write`, and turns its outcomes into the API's answers.
     private static func apply(
         _ write: PlannedWrite,
         as principal: Principal,
@@ -77,7 +78,7 @@ extension Database {
         on connection: PostgresConnection,
         logger: Logger
     ) async throws -> WriteAnswer {
-        let call = ApplyWrite(
+        let call = CommitWrite(
             role: principal.databaseRole, userID: principal.userIDSetting, principal: principal.key, idempotencyKey: idempotency?.key,
             requestHash: idempotency?.requestHash, staleCheck: write.staleCheck, statement: write.statement,
             values: JSONText.encode(write.values))
@@ -85,11 +86,6 @@ extension Database {
             guard let (replayed, stored, answer) = try await connection.rowsIfOpen(call, logger: logger).first else {
                 throw APIError.notReady("The database did not answer the write.")
             }
-            // The call ran in an implicit transaction, which PostgreSQL commits only at the protocol's Sync, after the
-            // rows and CommandComplete that PostgresNIO has already handed over: a crash in between would lose a write
-            // already answered 201 (ProcessFaultTests caught it). The next statement is answered only after that
-            // commit, so its answer is the commit's: then the write may be acknowledged.
-            _ = try await connection.rowsIfOpen(CommitConfirmation(), logger: logger)
             return WriteAnswer(body: answer, replayedStatus: replayed ? stored : nil)
         } catch let error as PSQLError {
             switch error.sqlState {
@@ -102,13 +98,11 @@ extension Database {
     }
 }
 
-/// The call of `realtime.apply_write`, prepared once per connection: the same text for every write.
-private struct ApplyWrite: PostgresPreparedStatement {
-    static let name = "realtime_apply_write"
-    static let sql = """
-        SELECT was_replayed, stored_status, answer FROM realtime.apply_write($1, $2, $3, $4, $5, 201, $6, $7,
-            ARRAY(SELECT v FROM json_array_elements_text($8::json) WITH ORDINALITY AS e(v, n) ORDER BY n))
-        """
+/// The call of `realtime.commit_write`, prepared once per connection: the same text for every write. (A procedure's
+/// CALL, not a function's SELECT: only a procedure may commit before it answers; see migration 0008.)
+private struct CommitWrite: PostgresPreparedStatement {
+    static let name = "realtime_commit_write"
+    static let sql = "CALL realtime.commit_write($1, $2, $3, $4, $5, 201, $6, $7, $8::json)"
     static let bindingDataTypes: [PostgresDataType] = [.text, .text, .text, .text, .text, .text, .text, .text]
     typealias Row = (Bool, Int?, String)
 
@@ -131,14 +125,4 @@ private struct ApplyWrite: PostgresPreparedStatement {
     }
 
     func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
-}
-
-/// A statement sent after a write's call only to learn that its implicit transaction committed (see `apply`).
-private struct CommitConfirmation: PostgresPreparedStatement {
-    static let name = "realtime_commit_confirmation"
-    static let sql = "SELECT 1"
-    typealias Row = Int32
-
-    func makeBindings() throws -> PostgresBindings { PostgresBindings() }
-    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Int32.self) }
 }

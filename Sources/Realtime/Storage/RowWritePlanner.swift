@@ -22,7 +22,7 @@ struct CallerView: Sendable {
     func branch(of row: RowLocation) -> UUID? { located[row] ?? nil }
 }
 
-/// A write the Swift policy allowed, for `realtime.apply_write` (migration 0007) to run as the caller: the statement
+/// A write the Swift policy allowed, for `realtime.commit_write` (migration 0008) to run as the caller: the statement
 /// (returning one text, the row's JSON or the deleted id), the stale check before it (returning the stored row's JSON
 /// and whether it is newer than the client's copy), and the values both read as `$1[n]`.
 struct PlannedWrite: Sendable {
@@ -45,7 +45,7 @@ struct TextParameters {
 }
 
 /// Plans the writes of one table: checks the body and the Swift policy (with their clear errors) and builds the
-/// statement that `realtime.apply_write` runs under row-level security. No I/O: everything it needs is in the
+/// statement that `realtime.commit_write` runs under row-level security. No I/O: everything it needs is in the
 /// ``CallerView``.
 struct RowWritePlanner {
     let schema: TableSchema
