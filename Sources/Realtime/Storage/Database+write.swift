@@ -44,28 +44,24 @@ extension Database {
         }
     }
 
-    /// The caller's memberships and where the named rows lie, in one statement outside any transaction. (Prepared, with
-    /// every table in a `CASE`, it measured no cheaper under W: its shape varies little and it plans fast.)
+    /// The caller's memberships and where the named rows lie, in one call of `realtime.read_caller` (migration 0009)
+    /// outside any transaction, as the connecting role: the same prepared statement for every write, so PostgreSQL
+    /// neither parses nor plans it again.
     private static func readCaller(
         _ principal: Principal,
         locating rows: [RowLocation],
         on connection: PostgresConnection,
         logger: Logger
     ) async throws -> CallerView {
-        var builder = SQLBuilder()
-        let userID = builder.bind(principal.userIDSetting)
-        let located = rows.map { ", (SELECT branch_id FROM \(identifier($0.table)) WHERE id = \(builder.bind($0.id)))" }
-        let sql = """
-            SELECT (SELECT coalesce(json_object_agg(branch_id, role), '{}')::text FROM branch_member
-                    WHERE user_id = nullif(\(userID), '')::uuid)\(located.joined())
-            """
-        guard let row = try await connection.rowsIfOpen(builder.query(sql), logger: logger).first else {
+        let read = ReadCaller(userID: principal.userIDSetting, tables: rows.map(\.table), ids: rows.map(\.id))
+        guard let (membershipsJSON, branchesJSON) = try await connection.rowsIfOpen(read, logger: logger).first else {
             throw APIError.notReady("The database did not answer who is asking.")
         }
-        var cells = row.makeIterator()
-        let memberships = try memberships(fromJSON: cells.next()?.decode(String?.self) ?? "{}", of: principal)
+        let memberships = try memberships(fromJSON: membershipsJSON, of: principal)
+        let found = try JSONDecoder().decode([UUID?].self, from: Data(branchesJSON.utf8))
+        guard found.count == rows.count else { throw APIError.notReady("The database did not locate every row named.") }
         var branches: [RowLocation: UUID?] = [:]
-        for location in rows { branches.updateValue(try cells.next()?.decode(UUID?.self), forKey: location) }
+        for (location, branch) in zip(rows, found) { branches.updateValue(branch, forKey: location) }
         return CallerView(principal: principal, memberships: memberships, located: branches)
     }
 
@@ -96,6 +92,28 @@ extension Database {
             }
         }
     }
+}
+
+/// The call of `realtime.read_caller`, prepared once per connection.
+private struct ReadCaller: PostgresPreparedStatement {
+    static let name = "realtime_read_caller"
+    static let sql = "SELECT memberships, branches FROM realtime.read_caller($1, $2, $3)"
+    static let bindingDataTypes: [PostgresDataType] = [.text, .textArray, .uuidArray]
+    typealias Row = (String, String)
+
+    var userID: String
+    var tables: [String]
+    var ids: [UUID]
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings()
+        bindings.append(userID)
+        bindings.append(tables)
+        bindings.append(ids)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
 
 /// The call of `realtime.commit_write`, prepared once per connection: the same text for every write. (A procedure's
