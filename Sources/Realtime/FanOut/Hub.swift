@@ -33,6 +33,7 @@ public final class Hub: Sendable {
     /// as revoked.
     public func setMemberships(_ all: [UUID: Memberships]) {
         state.withLock { state in
+            state.isLoaded = true
             state.memberships = all.filter { !$0.value.roles.isEmpty }
             state.removedMemberships.removeAll()
             for subscriber in Array(state.subscribers.values) {
@@ -43,6 +44,21 @@ public final class Hub: Sendable {
                 }
             }
             carryOut(&state)
+        }
+    }
+
+    /// Whether the memberships were loaded (by the tailer, as the feed starts).
+    public var isLoaded: Bool { state.withLock { $0.isLoaded } }
+
+    /// Returns once the memberships are loaded, checking every 20 ms; `503 not_ready` after `limit`. Only a node that
+    /// has just started waits: a stream must not be admitted before the load, whose memberships, read from the event
+    /// log, may not hold a grant the database already showed the stream's check (the relay had not carried it yet), and
+    /// would end that stream as revoked.
+    public func waitUntilLoaded(within limit: Duration) async throws(APIError) {
+        let deadline = ContinuousClock.now + limit
+        while !isLoaded {
+            guard ContinuousClock.now < deadline else { throw .notReady("The change feed is starting on this node; retry shortly.") }
+            do { try await Task.sleep(for: .milliseconds(20)) } catch { throw .notReady("The request was cancelled.") }
         }
     }
 

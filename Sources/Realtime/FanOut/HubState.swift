@@ -18,6 +18,8 @@ struct HubState {
     var removedMemberships: [MembershipChange.Member: Int64] = [:]
     static let removedMembershipsLimit = 10_000
     var isShutDown = false
+    /// Whether the memberships were loaded (``Hub/setMemberships(_:)``): until then the hub admits no subscriber.
+    var isLoaded = false
     /// Who is present on which plan (see `Hub+presence.swift`).
     var presence = PresenceBook()
     /// Scratch list of the subscribers one event reaches, kept to reuse its storage.

@@ -28,6 +28,8 @@ struct StreamController {
     /// that restarts come back to the others spread out, not all in the same instant.
     var shutdownRetrySpread = Duration.seconds(5)
     static let catchUpBatch = 1000
+    /// How long a stream waits for a node that has just started to load its memberships before `503 not_ready`.
+    static let loadWait = Duration.seconds(10)
 
     func addRoutes(to router: Router<AppRequestContext>) {
         router.get("realtime/v1/branch/:id") { request, context in
@@ -58,6 +60,7 @@ struct StreamController {
             parsedCursor = parsed
         }
         let cursor = parsedCursor
+        try await hub.waitUntilLoaded(within: Self.loadWait)
         let memberships = try await learnAccess(of: principal, to: Set(channels))
         let outlet = try await SocketOutlet.attach(
             to: context.channel,
