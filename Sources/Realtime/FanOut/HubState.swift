@@ -18,7 +18,7 @@ struct HubState {
     var removedMemberships: [MembershipChange.Member: Int64] = [:]
     static let removedMembershipsLimit = 10_000
     var isShutDown = false
-    /// Whether the memberships were loaded (``Hub/setMemberships(_:)``): until then the hub admits no subscriber.
+    /// Whether the memberships were loaded (``Hub/setMemberships(_:)``): until then streams wait to subscribe.
     var isLoaded = false
     /// Who is present on which plan (see `Hub+presence.swift`).
     var presence = PresenceBook()
