@@ -84,7 +84,17 @@ struct NodeLifecycleTests {
                 #expect(received == tasks, "a stream received \(received)")
             }
             #expect(Self.establishedConnections(toPort: port) - before == 1, "all of it on one TCP connection")
+
+            // A stream the client closes (its HTTP/2 stream reset, the connection kept) is over on the server too.
             for stream in streams { stream.close() }
+            try await ChangeFeedFaultTests.waitUntil("the closed HTTP/2 streams freed", timeout: .seconds(60)) {
+                var metrics = HTTPClientRequest(url: "\(base)/metrics")
+                metrics.headers.add(name: "Authorization", value: "Bearer \(viewer)")
+                guard let response = try? await https.execute(metrics, timeout: .seconds(10)),
+                    let body = try? await response.body.collect(upTo: 1 << 20)
+                else { return false }
+                return ChangeFeedTests.value(of: "realtime_open_streams", in: String(buffer: body)) == 0
+            }
         } catch {
             try? await https.shutdown()
             await node.stopAfterFailure()

@@ -11,16 +11,8 @@ import Testing
     /// 2,000 idle streams over real sockets: every one is held at its socket (none read by a task), every one still
     /// gets the next change, and closing them frees every entry.
     @Test func idleStreamsHoldNoTaskOfTheirOwnAndStillGetEveryChange() async throws {
-        let server = try await TestServer.make(changeFeed: true)
-        try await server.testLive { client in
-            try await ChangeFeedFaultTests.waitForRelay(server)
-            let team = try await Team.make(client)
-            let token = try await client.token(for: .user(team.viewer))
-            let port = try #require(client.client.port)
+        try await Self.withViewer { client, team, port, request in
             let streamCount = 2_000
-            let request =
-                "GET /realtime/v1/branch/\(team.branch)?table=plan HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-                + "Authorization: Bearer \(token)\r\n\r\n"
             var sockets: [RawSocket] = []
             defer { for socket in sockets { socket.close() } }
             // Opened in rounds, each served before the next, so that a busy machine admits them at its own pace.
@@ -62,6 +54,49 @@ import Testing
                 return ChangeFeedTests.value(of: #"realtime_subscribers{held="socket"}"#, in: metrics) == 0
                     && ChangeFeedTests.value(of: "realtime_open_streams", in: metrics) == 0
             }
+        }
+    }
+
+    /// A client that closes its side of the connection (a half-close, which the server allows) has left: its stream
+    /// ends and its entry is freed, although the server could still write to it. Nothing but the stream's socket
+    /// handler watches the connection's inbound side.
+    @Test func aClientThatClosesItsSideOfTheConnectionHasLeft() async throws {
+        try await Self.withViewer { client, _, port, request in
+            let socket = try RawSocket(port: port)
+            defer { socket.close() }
+            try socket.send(request)
+            let head = try await socket.read(until: .seconds(60)) { String(decoding: $0, as: UTF8.self).contains("retry:") }
+            try #require(String(decoding: head, as: UTF8.self).contains("retry:"), "the stream should start")
+            try await ChangeFeedFaultTests.waitUntil("the stream held at its socket", timeout: .seconds(60)) {
+                let metrics = try? await client.send(.get, "/metrics", as: nil).text
+                return metrics.flatMap { ChangeFeedTests.value(of: #"realtime_subscribers{held="socket"}"#, in: $0) } == 1
+            }
+
+            socket.closeWriting()
+            try await ChangeFeedFaultTests.waitUntil("the half-closed stream's entry freed", timeout: .seconds(60)) {
+                guard let metrics = try? await client.send(.get, "/metrics", as: nil).text else { return false }
+                return ChangeFeedTests.value(of: #"realtime_subscribers{held="socket"}"#, in: metrics) == 0
+                    && ChangeFeedTests.value(of: "realtime_open_streams", in: metrics) == 0
+            }
+            // The response is finished (its last chunk written), not left hanging.
+            let rest = try await socket.read(until: .seconds(60)) { RawSocket.decodeHTTP(head + $0).complete }
+            #expect(RawSocket.decodeHTTP(head + rest).complete || socket.sawEndOfStream)
+        }
+    }
+
+    /// Runs `body` on a live server with the change feed, a team, the server's port, and a viewer's request for an
+    /// event stream of the team's branch (its plans only).
+    private static func withViewer(_ body: @Sendable (TestServer.Client, Team, Int, String) async throws -> Void) async throws {
+        let server = try await TestServer.make(changeFeed: true)
+        try await server.testLive { client in
+            try await ChangeFeedFaultTests.waitForRelay(server)
+            let team = try await Team.make(client)
+            let token = try await client.token(for: .user(team.viewer))
+            let port = try #require(client.client.port)
+            let request =
+                "GET /realtime/v1/branch/\(team.branch)?table=plan HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+                + "Authorization: Bearer \(token)\r\n\r\n"
+            try await body(client, team, port, request)
         }
     }
 }

@@ -85,7 +85,7 @@ public func buildApplication(
     }
 
     var app = Application(
-        router: router,
+        responder: ShallowConnectionResponder(inner: router.buildResponder()),
         server: try ServerTransport.builder(
             for: configuration,
             limits: ConnectionLimits(total: configuration.maxConnections, perAddress: configuration.maxConnectionsPerAddress)

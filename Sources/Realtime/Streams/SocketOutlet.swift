@@ -240,4 +240,11 @@ final class StreamSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
         current?.clientLeft()
         context.fireChannelInactive()
     }
+
+    /// A client that closes its side of the connection has left, even though the server could still write (the
+    /// server allows half-closed connections).
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(.inputClosed) = event as? ChannelEvent { current?.clientLeft() }
+        context.fireUserInboundEventTriggered(event)
+    }
 }

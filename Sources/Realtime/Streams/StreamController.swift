@@ -105,7 +105,7 @@ struct StreamController {
         return Response(
             status: .ok,
             headers: headers,
-            body: ResponseBody { [hub, database, metrics] writer in
+            body: ResponseBody { [self] writer in
                 metrics.streamOpened()
                 var endedBy = "client_closed"
                 defer {
@@ -121,47 +121,53 @@ struct StreamController {
                     return
                 }
                 if let cursor {
-                    // What the user may replay is what they could see when it happened: the memberships they had at
-                    // each event's position, not today's.
-                    var history = try await Self.history(of: principal, after: cursor.sequence, database: database)
-                    let memberBranches = hub.branches(of: streamChannels)
-                    var after = cursor.sequence
-                    while true {
-                        let (events, _) = try await EventLog.read(
-                            after: after,
-                            limit: Self.catchUpBatch,
-                            channels: streamChannels,
-                            memberBranches: memberBranches,
-                            client: database.client,
-                            logger: logger
-                        )
-                        guard let last = events.last else { break }
-                        let frames = hub.catchUp(subscription, with: events, history: &history).compactMap(\.frameBytes)
-                        let goesOn = try await outlet.writeCatchUp(frames)
-                        metrics.framesWritten(frames.count)
-                        guard goesOn else { break }
-                        after = last.sequence
-                        if events.count < Self.catchUpBatch { break }
-                    }
+                    // In a child task: the event log's reads take a deep stack, which would otherwise stay allocated
+                    // with the connection's task for the stream's whole life (see ``ShallowConnectionResponder``).
+                    async let caughtUp: Void = writeCatchUp(
+                        of: subscription, for: principal, after: cursor.sequence, channels: streamChannels, to: outlet, logger: logger)
+                    try await caughtUp
                 }
                 // From here the hub's deliveries are written at the socket by its event loop; this task only waits for
-                // the end: the client leaves (its side of the connection closes: we stop at once rather than at the next
-                // write), the hub or the outlet ends the stream, or the server shuts down gracefully — so that shutting
-                // down never waits on open streams. The outlet has written the end frame by then.
+                // the end: the client leaves (the stream's socket handler sees its side close), the hub or the outlet
+                // ends the stream, or the server shuts down gracefully — so that shutting down never waits on open
+                // streams. The outlet has written the end frame by then.
                 hub.goLive(subscription)
-                let ended: EndReason? = try await request.body.consumeWithInboundCloseHandler { _ in
-                    try await withGracefulShutdownHandler {
-                        try await outlet.ended.get()
-                    } onGracefulShutdown: {
-                        outlet.end(.shutdown)
-                    }
-                } onInboundClosed: {
-                    hub.unsubscribe(subscription)
+                let ended: EndReason? = try await withGracefulShutdownHandler {
+                    try await outlet.ended.get()
+                } onGracefulShutdown: {
+                    outlet.end(.shutdown)
                 }
                 if let ended { endedBy = ended.metricLabel }
                 try await writer.finish(nil)
             }
         )
+    }
+
+    /// Writes what the stream's user missed after `cursor`, batch by batch, as they may see it: with the memberships
+    /// they had at each event's position, not today's. Stops early when the stream ends meanwhile.
+    private func writeCatchUp(
+        of subscription: SubscriptionID, for principal: Principal, after cursor: Int64, channels: Set<Channel>, to outlet: SocketOutlet,
+        logger: Logger
+    ) async throws {
+        var history = try await Self.history(of: principal, after: cursor, database: database)
+        let memberBranches = hub.branches(of: channels)
+        var after = cursor
+        while true {
+            let (events, _) = try await EventLog.read(
+                after: after,
+                limit: Self.catchUpBatch,
+                channels: channels,
+                memberBranches: memberBranches,
+                client: database.client,
+                logger: logger
+            )
+            guard let last = events.last else { return }
+            let frames = hub.catchUp(subscription, with: events, history: &history).compactMap(\.frameBytes)
+            let goesOn = try await outlet.writeCatchUp(frames)
+            metrics.framesWritten(frames.count)
+            guard goesOn, events.count == Self.catchUpBatch else { return }
+            after = last.sequence
+        }
     }
 
     /// A random reconnect wait for a stream ended by shutdown: from a tenth of the spread to all of it.

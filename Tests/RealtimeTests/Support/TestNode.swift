@@ -190,6 +190,15 @@ final class RawSocket: Sendable {
 
     func close() { closeDescriptor(descriptor) }
 
+    /// Closes the client's side only (a half-close): it sends nothing more, but may still read.
+    func closeWriting() {
+        #if canImport(Glibc) || canImport(Musl)
+            _ = shutdown(descriptor, Int32(SHUT_WR))
+        #else
+            _ = shutdown(descriptor, SHUT_WR)
+        #endif
+    }
+
     /// The status and the body (de-chunked) of an HTTP/1.1 response, as far as it was received, and whether it is
     /// complete (its last chunk arrived).
     static func decodeHTTP(_ bytes: [UInt8]) -> (status: Int?, body: String, complete: Bool) {
