@@ -562,8 +562,12 @@ private final class TransactionCollector: Sendable {
         }
     }
 
+    /// How long a wait may take: the cluster is shared by the whole suite, and every walsender decodes all of its WAL,
+    /// so under the full suite a transaction has taken more than 10 s to arrive (CI, `aSlotInUseFailsWithSQLState55006`).
+    static let patience: Double = 30
+
     /// The first `count` transactions, once they arrived; fails after `seconds` or when the stream ends early.
-    func waitFor(count: Int, seconds: Double = 10) async throws -> [WALTransaction] {
+    func waitFor(count: Int, seconds: Double = patience) async throws -> [WALTransaction] {
         try await waitUntil("\(count) transactions arrive", seconds: seconds) {
             let state = self.state.withLock { ($0.transactions.count, $0.finished, $0.error.map { "\($0)" }) }
             if state.1, state.0 < count {
@@ -575,7 +579,7 @@ private final class TransactionCollector: Sendable {
     }
 
     /// Waits until the stream ends; returns its error, if any.
-    func waitUntilFinished(seconds: Double = 10) async throws -> (any Error)? {
+    func waitUntilFinished(seconds: Double = patience) async throws -> (any Error)? {
         try await waitUntil("the stream finishes", seconds: seconds) { self.state.withLock { $0.finished } }
         return state.withLock { $0.error }
     }
@@ -586,7 +590,7 @@ private struct CollectorError: Error, CustomStringConvertible {
 }
 
 /// Polls `condition` every 20 ms until it holds; throws after `seconds`.
-private func waitUntil(_ what: String, seconds: Double = 10, _ condition: () async throws -> Bool) async throws {
+private func waitUntil(_ what: String, seconds: Double = TransactionCollector.patience, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while try await !condition() {
         guard ContinuousClock.now < deadline else { throw TimeoutError(what: what, seconds: seconds) }
