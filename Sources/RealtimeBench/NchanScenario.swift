@@ -25,19 +25,18 @@ struct NchanScenario: AsyncParsableCommand {
         let (host, port) = try options.loopbackEndpoint()
         let log = options.log
         let group = options.makeGroup()
+        // The publishes go out like the realtime scenario's writes: from one event loop of their own.
         let publishers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let http = RestClient.makeHTTPClient(group: publishers, connections: options.maxInFlight)
-        let publisher = RestClient(http: http, baseURL: options.url, bearerToken: nil)
         let started = timestampNow()
-        try await ScenarioReport.publish(to: options.jsonOut, closing: http, [group, publishers]) {
-            try await measure(host: host, port: port, publisher: publisher, group: group, started: started, log: log)
+        try await ScenarioReport.publish(to: options.jsonOut, closing: nil, [group, publishers]) {
+            try await measure(host: host, port: port, publishers: publishers, group: group, started: started, log: log)
         }
     }
 
     private func measure(
         host: String,
         port: Int,
-        publisher: RestClient,
+        publishers: MultiThreadedEventLoopGroup,
         group: MultiThreadedEventLoopGroup,
         started: String,
         log: @escaping @Sendable (String) -> Void
@@ -66,29 +65,32 @@ struct NchanScenario: AsyncParsableCommand {
         let duration = Duration.milliseconds(Int64(options.duration * 1000))
         let padding = String(repeating: "x", count: max(0, payloadBytes - 40))
         let publishStart = ContinuousClock.now
-        await ProgressLine(counters: counters, label: "publish", log: log).run(total: duration) {
-            await PacedLoop(rate: rate, duration: duration, maxInFlight: maxInFlight).run { number in
+        let publishes = LoopRequestRun(
+            loop: publishers.next(), host: host, port: port, pace: .rate(rate, maxInFlight: maxInFlight), duration: duration,
+            warm: min(32, maxInFlight))
+        try await ProgressLine(counters: counters, label: "publish", log: log).run(total: duration) {
+            try await publishes.run { number in
                 attempted.add()
                 let channel = number % channelNames.count
                 let sequence = Int64(number + 1)
                 let sent = WallClock.microseconds()
                 let body = #"{"seq":\#(sequence),"sent_us":\#(sent),"pad":"\#(padding)"}"#
-                do {
-                    let answer = try await publisher.send(.POST, "/pub/\(channelNames[channel])", json: body)
-                    let acknowledged = WallClock.microseconds()
-                    if answer.isSuccess {
-                        counters.writesAcknowledged.add(1, ordering: .relaxed)
-                        let event = ExpectedEvent(
-                            sequence: sequence, channel: channel, originMicroseconds: sent, acknowledgedMicroseconds: acknowledged)
-                        published.withLock { $0.append(event) }
-                    } else {
-                        counters.writesFailed.add(1, ordering: .relaxed)
-                        failureStatuses.withLock { $0[String(answer.status), default: 0] += 1 }
+                let request = LoopRequest(method: .POST, path: "/pub/\(channelNames[channel])", json: body)
+                return (
+                    request,
+                    { status in
+                        let acknowledged = WallClock.microseconds()
+                        if let status, (200..<300).contains(status) {
+                            counters.writesAcknowledged.add(1, ordering: .relaxed)
+                            let event = ExpectedEvent(
+                                sequence: sequence, channel: channel, originMicroseconds: sent, acknowledgedMicroseconds: acknowledged)
+                            published.withLock { $0.append(event) }
+                        } else {
+                            counters.writesFailed.add(1, ordering: .relaxed)
+                            failureStatuses.withLock { $0[status.map(String.init) ?? "no answer", default: 0] += 1 }
+                        }
                     }
-                } catch {
-                    counters.writesFailed.add(1, ordering: .relaxed)
-                    failureStatuses.withLock { $0["no answer", default: 0] += 1 }
-                }
+                )
             }
         }
         let publishSeconds = (ContinuousClock.now - publishStart).seconds

@@ -35,7 +35,7 @@ struct RealtimeScenario: AsyncParsableCommand {
     @Option(help: "Concurrent REST requests while creating branches, users, plans and tasks.")
     var setupConcurrency = 32
 
-    @Option(help: "Event-loop threads of the writes' HTTP client (the subscribers have --threads of their own).")
+    @Option(help: "Event-loop threads of the setup's HTTP client; the writes run on one of them (the subscribers have --threads of their own).")
     var writerThreads = 1
 
     func run() async throws {
@@ -53,7 +53,8 @@ struct RealtimeScenario: AsyncParsableCommand {
         let started = timestampNow()
         try await ScenarioReport.publish(to: options.jsonOut, closing: http, [receivers, writers]) {
             try await measure(
-                host: host, port: port, mix: mix, roles: roles, minter: minter, service: service, receivers: receivers, started: started)
+                host: host, port: port, mix: mix, roles: roles, minter: minter, service: service, receivers: receivers, writers: writers,
+                started: started)
         }
     }
 
@@ -65,6 +66,7 @@ struct RealtimeScenario: AsyncParsableCommand {
         minter: TokenMinter,
         service: RestClient,
         receivers: MultiThreadedEventLoopGroup,
+        writers: MultiThreadedEventLoopGroup,
         started: String
     ) async throws -> ScenarioReport {
         let log = options.log
@@ -101,13 +103,14 @@ struct RealtimeScenario: AsyncParsableCommand {
             editors.map { minter.token(subject: $0.lowercased, role: .authenticated, lifetime: Int(options.duration) + 3600) }
         }
         let driver = WriteDriver(
-            rest: service, plans: fixture.plans, ids: ids, editorTokens: editorTokens, book: TaskBook(seeded: fixture.seededTasks), mix: mix,
+            loop: writers.next(), host: host, port: port, plans: fixture.plans, ids: ids, editorTokens: editorTokens,
+            book: TaskBook(seeded: fixture.seededTasks), mix: mix,
             counters: counters, titlePadding: "")
         let duration = Duration.milliseconds(Int64(options.duration * 1000))
         let (rate, maxInFlight) = (options.rate, options.maxInFlight)
         let writeStart = ContinuousClock.now
-        let writes = await ProgressLine(counters: counters, label: "writes", log: log).run(total: duration) {
-            await driver.run(rate: rate, duration: duration, maxInFlight: maxInFlight)
+        let writes = try await ProgressLine(counters: counters, label: "writes", log: log).run(total: duration) {
+            try await driver.run(rate: rate, duration: duration, maxInFlight: maxInFlight, warm: setupConcurrency)
         }
         let writeSeconds = (ContinuousClock.now - writeStart).seconds
         let ledger = WriteLedger(attempts: writes, seeded: fixture.seededTasks, plans: fixture.plans.count, branches: branches)

@@ -7,7 +7,7 @@ extension ScenarioReport {
     /// HTTP client and event loops whether it succeeded or not.
     static func publish(
         to jsonPath: String?,
-        closing http: HTTPClient,
+        closing http: HTTPClient?,
         _ groups: [MultiThreadedEventLoopGroup],
         measure: () async throws -> ScenarioReport
     ) async throws {
@@ -16,11 +16,11 @@ extension ScenarioReport {
             print(report.table)
             if let jsonPath { try report.write(to: jsonPath) }
         } catch {
-            try? await http.shutdown()
+            try? await http?.shutdown()
             for group in groups { try? await group.shutdownGracefully() }
             throw error
         }
-        try await http.shutdown()
+        try await http?.shutdown()
         for group in groups { try await group.shutdownGracefully() }
     }
 }

@@ -91,7 +91,7 @@ struct ProgressLine: Sendable {
     let log: @Sendable (String) -> Void
 
     /// Runs `body` with a progress line every 2 s: elapsed time, acknowledged writes and frames with their rates.
-    func run<T: Sendable>(total: Duration, _ body: @Sendable () async -> T) async -> T {
+    func run<T: Sendable>(total: Duration, _ body: @Sendable () async throws -> T) async rethrows -> T {
         let reporter = Task { [counters, label, log] in
             let clock = ContinuousClock()
             let start = clock.now
@@ -120,6 +120,6 @@ struct ProgressLine: Sendable {
             }
         }
         defer { reporter.cancel() }
-        return await body()
+        return try await body()
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import NIOHTTP1
 import Synchronization
 
@@ -83,8 +84,13 @@ struct WriteRecord: Sendable {
 /// Sends task writes as editors: the write on a plan carries the token of an editor of that plan's branch, so it goes
 /// through the server's policy and row-level security as a user's would. Open loop at a rate (the S scenarios), or
 /// closed loop with a fixed number of writers (W).
+///
+/// The writes are chosen, sent and recorded on one event loop (``LoopRequestRun``), with no task or thread hop per
+/// write, so the tool's CPU per write stays small beside the server's.
 struct WriteDriver: Sendable {
-    let rest: RestClient
+    let loop: any EventLoop
+    let host: String
+    let port: Int
     let plans: [UUID]
     let ids: TaskIDs
     /// `editorTokens[b]`: tokens of the editors of branch `b`; plan `p` is in branch `p % editorTokens.count`.
@@ -96,68 +102,60 @@ struct WriteDriver: Sendable {
     let titlePadding: String
 
     /// Writes at `rate` per second for `duration`, with at most `maxInFlight` unanswered; returns every write made.
-    func run(rate: Double, duration: Duration, maxInFlight: Int) async -> [WriteRecord] {
-        let records = Shared<[WriteRecord]>([])
-        await PacedLoop(rate: rate, duration: duration, maxInFlight: maxInFlight).run { number in
-            let record = await write(number: number)
-            records.withLock { $0.append(record) }
-        }
-        return records.value
+    /// `warm` connections are opened before the first write, as a busy client already has them.
+    func run(rate: Double, duration: Duration, maxInFlight: Int, warm: Int) async throws -> [WriteRecord] {
+        try await writes(.rate(rate, maxInFlight: maxInFlight), duration: duration, warm: warm)
     }
 
-    /// `writers` loops, each sending its next write when the last one is answered, for `duration`.
-    func runClosedLoop(writers: Int, duration: Duration) async -> [WriteRecord] {
+    /// `writers` loops, each sending its next write when the last one is answered, for `duration`; each writer's
+    /// connection is opened before the first write.
+    func runClosedLoop(writers: Int, duration: Duration) async throws -> [WriteRecord] {
+        try await writes(.closedLoop(senders: writers), duration: duration, warm: writers)
+    }
+
+    private func writes(_ pace: LoopRequestRun.Pace, duration: Duration, warm: Int) async throws -> [WriteRecord] {
         let records = Shared<[WriteRecord]>([])
-        let numbers = Counter()
-        let end = ContinuousClock.now + duration
-        await withDiscardingTaskGroup { group in
-            for _ in 0..<writers {
-                group.addTask {
-                    var mine: [WriteRecord] = []
-                    while ContinuousClock.now < end { mine.append(await write(number: numbers.add() - 1)) }
-                    records.withLock { $0.append(contentsOf: mine) }
+        try await LoopRequestRun(loop: loop, host: host, port: port, pace: pace, duration: duration, warm: warm).run { [self] number in
+            let claim = book.claim(mix: mix, number: number)
+            let sent = WallClock.microseconds()
+            return (
+                request(claim, number: number),
+                { status in
+                    let record = answered(claim, number: number, sent: sent, status: status)
+                    records.withLock { $0.append(record) }
                 }
-            }
+            )
         }
         return records.value.sorted { $0.number < $1.number }
     }
 
-    private func write(number: Int) async -> WriteRecord {
-        let claim = book.claim(mix: mix, number: number)
-        let record = await send(claim, number: number)
-        book.release(claim, record.outcome)
-        return record
-    }
-
-    private func send(_ claim: TaskBook.Claim, number: Int) async -> WriteRecord {
+    /// The request of a claimed write.
+    private func request(_ claim: TaskBook.Claim, number: Int) -> LoopRequest {
         let plan = plans[claim.plan]
         let task = ids.id(claim.task)
         let editors = editorTokens[claim.plan % editorTokens.count]
         let token = editors[number % editors.count]
         let title = "bench w\(number)\(titlePadding)"
-        let sent = WallClock.microseconds()
-        var status: Int?
-        do {
-            let answer: RestClient.Answer
-            switch claim.kind {
-            case .insert:
-                answer = try await rest.send(.POST, "/rest/v1/tasks", json: TaskBody.insert(task: task, plan: plan, title: title), as: token)
-            case .update:
-                answer = try await rest.send(.PATCH, "/rest/v1/tasks/\(task.lowercased)", json: #"{"title":"\#(title)"}"#, as: token)
-            case .statusChange:
-                answer = try await rest.send(.PATCH, "/rest/v1/tasks/\(task.lowercased)", json: #"{"status":"\#(claim.status)"}"#, as: token)
-            case .delete:
-                answer = try await rest.send(.DELETE, "/rest/v1/tasks/\(task.lowercased)", as: token)
-            }
-            status = answer.status
-        } catch {
-            status = nil
+        switch claim.kind {
+        case .insert:
+            return LoopRequest(method: .POST, path: "/rest/v1/tasks", bearerToken: token, json: TaskBody.insert(task: task, plan: plan, title: title))
+        case .update:
+            return LoopRequest(method: .PATCH, path: "/rest/v1/tasks/\(task.lowercased)", bearerToken: token, json: #"{"title":"\#(title)"}"#)
+        case .statusChange:
+            return LoopRequest(
+                method: .PATCH, path: "/rest/v1/tasks/\(task.lowercased)", bearerToken: token, json: #"{"status":"\#(claim.status)"}"#)
+        case .delete:
+            return LoopRequest(method: .DELETE, path: "/rest/v1/tasks/\(task.lowercased)", bearerToken: token)
         }
+    }
+
+    /// What the tool knows of a write once it is answered; its task is released for its next write.
+    private func answered(_ claim: TaskBook.Claim, number: Int, sent: Int64, status: Int?) -> WriteRecord {
         let record = WriteRecord(
             number: number,
             kind: claim.kind,
             taskIndex: claim.task,
-            task: task,
+            task: ids.id(claim.task),
             plan: claim.plan,
             title: claim.title,
             toStatus: claim.status,
@@ -167,6 +165,7 @@ struct WriteDriver: Sendable {
             acknowledgedMicroseconds: WallClock.microseconds(),
             status: status
         )
+        book.release(claim, record.outcome)
         if record.succeeded {
             counters.writesAcknowledged.add(1, ordering: .relaxed)
         } else {

@@ -22,11 +22,11 @@ struct WriteScenario: AsyncParsableCommand {
     @Option(help: "Branches the plans (--channels) are spread over.")
     var branches = 4
 
-    @Option(help: "Event-loop threads of the writes' HTTP client.")
+    @Option(help: "Event-loop threads of the setup's HTTP client; the writes run on one of them.")
     var writerThreads = 2
 
     func run() async throws {
-        _ = try options.loopbackEndpoint()
+        let (host, port) = try options.loopbackEndpoint()
         let mix = try WriteMix(parsing: writing.mix)
         let minter = try TokenMinter.load(secretFile: writing.jwtSecretFile)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, writerThreads))
@@ -36,11 +36,13 @@ struct WriteScenario: AsyncParsableCommand {
             http: http, baseURL: options.url, bearerToken: minter.token(subject: "service", role: .serviceRole, lifetime: lifetime))
         let started = timestampNow()
         try await ScenarioReport.publish(to: options.jsonOut, closing: http, [group]) {
-            try await measure(mix: mix, minter: minter, service: service, group: group, started: started)
+            try await measure(host: host, port: port, mix: mix, minter: minter, service: service, group: group, started: started)
         }
     }
 
     private func measure(
+        host: String,
+        port: Int,
         mix: WriteMix,
         minter: TokenMinter,
         service: RestClient,
@@ -58,19 +60,15 @@ struct WriteScenario: AsyncParsableCommand {
         let editorTokens = fixture.editors.map { $0.map { minter.token(subject: $0.lowercased, role: .authenticated, lifetime: lifetime) } }
         let counters = LiveCounters()
         let driver = WriteDriver(
-            rest: service, plans: fixture.plans, ids: ids, editorTokens: editorTokens, book: TaskBook(seeded: fixture.seededTasks), mix: mix,
-            counters: counters, titlePadding: "")
-        // The writers' connections are opened before the window: a keep-alive pool, as a busy client would have.
-        try await forEachConcurrently(Array(0..<writers), limit: writers) { _ in
-            _ = try await service.expectSuccess(.GET, "/rest/v1/branches")
-        }
+            loop: group.next(), host: host, port: port, plans: fixture.plans, ids: ids, editorTokens: editorTokens,
+            book: TaskBook(seeded: fixture.seededTasks), mix: mix, counters: counters, titlePadding: "")
         let probes = ResourceProbes(options: options, serverHasChildren: false)
         let tool = ToolCPU(receivers: nil)
         let window = await MeasurementWindow.open(probes, tool: tool, counters: counters)
         let duration = Duration.milliseconds(Int64(options.duration * 1000))
         let writeStart = ContinuousClock.now
-        let writes = await ProgressLine(counters: counters, label: "writes", log: log).run(total: duration) { [writers] in
-            await driver.runClosedLoop(writers: writers, duration: duration)
+        let writes = try await ProgressLine(counters: counters, label: "writes", log: log).run(total: duration) { [writers] in
+            try await driver.runClosedLoop(writers: writers, duration: duration)
         }
         let writeSeconds = (ContinuousClock.now - writeStart).seconds
         let feedEnd = try await fixture.awaitFeed(rest: service, timeout: .milliseconds(Int64(options.drainSeconds * 1000)))
