@@ -62,4 +62,37 @@ struct WriteCommitTests {
             #expect(next.status == .ok, "\(next.text)")
         }
     }
+
+    /// A write's statements are prepared once per connection, and a session-level mark (migration 0010) says so, so
+    /// that a write need not list the connection's prepared statements. A transaction that fails takes its mark back but
+    /// not the statement: the next write of that shape must find the statement, not prepare it twice ("prepared
+    /// statement already exists").
+    @Test func aStatementPreparedByAFailedWriteIsFoundByTheNext() async throws {
+        let server = try await TestServer.make()
+        try await server.test { _ in
+            try await server.withOwnerConnection { connection in
+                let logger = server.logger
+                let statement = "SELECT $1[1] || '-' || $1[2]"
+                let mark: PostgresQuery = "SELECT current_setting('realtime.realtime_write_' || md5(\(statement)), true)"
+                try await connection.query("BEGIN", logger: logger)
+                _ = try await connection.query("SELECT realtime.prepared(\(statement), ARRAY['a', 'b'])", logger: logger).collect()
+                try await connection.query("ROLLBACK", logger: logger)
+                // Taken back: the setting exists in the session now, but empty.
+                #expect(try await Self.text(connection, mark, logger) ?? "" == "")
+
+                let call = try #require(
+                    try await Self.text(connection, "SELECT realtime.prepared(\(statement), ARRAY['c', 'd'])", logger))
+                #expect(try await Self.text(connection, mark, logger) == "prepared")
+                #expect(try await Self.text(connection, PostgresQuery(unsafeSQL: call), logger) == "c-d")
+                // Marked now: the next call answers from the mark, with the same statement.
+                #expect(try await Self.text(connection, "SELECT realtime.prepared(\(statement), ARRAY['c', 'd'])", logger) == call)
+            }
+        }
+    }
+
+    private static func text(_ connection: PostgresConnection, _ query: PostgresQuery, _ logger: Logger) async throws -> String? {
+        var value: String?
+        for try await row in try await connection.query(query, logger: logger) { value = try row.decode(String?.self) }
+        return value
+    }
 }
