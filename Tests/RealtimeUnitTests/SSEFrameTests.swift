@@ -35,11 +35,7 @@ import Testing
     }
 
     @Test func coalescesFramesInOrderWithinTheLimit() {
-        let frames = (1...10).map { index in
-            var buffer = ByteBufferAllocator().buffer(capacity: 0)
-            buffer.writeString("id: \(index)\ndata: " + String(repeating: "x", count: index * 10) + "\n\n")
-            return buffer
-        }
+        let frames = Self.numberedFrames()
         let whole = frames.map { String(buffer: $0) }.joined()
         let joined = SSEFrame.coalesced(frames, limit: 200)
         #expect(joined.map { String(buffer: $0) }.joined() == whole)
@@ -52,6 +48,50 @@ import Testing
         let withLarge = SSEFrame.coalesced([frames[0], large, frames[1]], limit: 200)
         #expect(withLarge.map(\.readableBytes) == [frames[0].readableBytes, 500, frames[1].readableBytes])
         #expect(SSEFrame.coalesced([frames[0]]) == [frames[0]])
+        // The shared frames themselves are untouched.
+        #expect(frames.map { String(buffer: $0) }.joined() == whole)
+    }
+
+    /// Ten frames of growing size, `id: 1` to `id: 10`.
+    static func numberedFrames() -> [ByteBuffer] {
+        (1...10).map { index in
+            var buffer = ByteBufferAllocator().buffer(capacity: 0)
+            buffer.writeString("id: \(index)\ndata: " + String(repeating: "x", count: index * 10) + "\n\n")
+            return buffer
+        }
+    }
+
+    @Test func framesHTTPChunksThatDecodeToTheFramesInOrder() throws {
+        let frames = Self.numberedFrames()
+        let whole = frames.map { String(buffer: $0) }.joined()
+        let chunks = SSEFrame.chunked(frames, limit: 200)
+        #expect(chunks.count > 1 && chunks.count < frames.count)
+        // Each buffer is exactly one chunk: its size in hex, CRLF, that many bytes, CRLF.
+        var decoded = ""
+        for chunk in chunks {
+            let text = String(buffer: chunk)
+            let header = try #require(text.split(separator: "\r\n", maxSplits: 1).first)
+            let size = try #require(Int(header, radix: 16))
+            #expect(size > 0 && size <= 200, "chunk header \(header)")
+            #expect(chunk.readableBytes == header.utf8.count + 2 + size + 2)
+            let body = text.utf8.dropFirst(header.utf8.count + 2)
+            #expect(String(decoding: body.suffix(2), as: UTF8.self) == "\r\n")
+            decoded += String(decoding: body.dropLast(2), as: UTF8.self)
+        }
+        #expect(decoded == whole)
+        // The size is the body's in hex, and a frame larger than the limit is a chunk of its own.
+        var large = ByteBufferAllocator().buffer(capacity: 0)
+        large.writeString(String(repeating: "y", count: 500))
+        let withLarge = SSEFrame.chunked([frames[0], large, frames[1]], limit: 200).map { String(buffer: $0) }
+        #expect(withLarge.count == 3)
+        #expect(withLarge[1] == "1f4\r\n" + String(repeating: "y", count: 500) + "\r\n")
+        // An empty frame would end the response as a zero-size chunk: it is left out.
+        let empty = ByteBufferAllocator().buffer(capacity: 0)
+        #expect(SSEFrame.chunked([empty]).isEmpty)
+        #expect(
+            SSEFrame.chunked([empty, frames[0]]).map { String(buffer: $0) } == [
+                "\(String(frames[0].readableBytes, radix: 16))\r\n\(String(buffer: frames[0]))\r\n"
+            ])
         // The shared frames themselves are untouched.
         #expect(frames.map { String(buffer: $0) }.joined() == whole)
     }

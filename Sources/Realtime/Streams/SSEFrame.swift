@@ -59,6 +59,35 @@ public enum SSEFrame {
         return joined
     }
 
+    /// The frames as HTTP/1.1 chunks, ready to write below the response encoder: joined like ``coalesced(_:limit:)``,
+    /// each buffer framed as one chunk, `<size in hex>\r\n<bytes>\r\n`. Empty frames are left out, since an empty chunk
+    /// would end the response. Every chunk is a buffer of its own (the frames are copied into it), so that a delivery
+    /// is one write and one entry of the socket's `writev`, not three.
+    static func chunked(_ frames: [ByteBuffer], limit: Int = 64 * 1024, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> [ByteBuffer] {
+        var chunks: [ByteBuffer] = []
+        var group: [ByteBuffer] = []
+        var size = 0
+        func close() {
+            guard size > 0 else { return }
+            let header = String(size, radix: 16)
+            var chunk = allocator.buffer(capacity: header.utf8.count + size + 4)
+            chunk.writeString(header)
+            chunk.writeStaticString("\r\n")
+            for frame in group { chunk.writeImmutableBuffer(frame) }
+            chunk.writeStaticString("\r\n")
+            chunks.append(chunk)
+            group.removeAll(keepingCapacity: true)
+            size = 0
+        }
+        for frame in frames where frame.readableBytes > 0 {
+            if size > 0, size + frame.readableBytes > limit { close() }
+            group.append(frame)
+            size += frame.readableBytes
+        }
+        close()
+        return chunks
+    }
+
     /// The same frame with another `id:` line (a frame made by ``change(_:channels:)`` starts with its id line).
     static func replacingID(of frame: ByteBuffer, with id: String) -> ByteBuffer {
         var rest = frame

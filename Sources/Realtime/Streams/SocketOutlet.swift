@@ -1,5 +1,6 @@
 import HTTPTypes
 import NIOCore
+import NIOHTTP1
 import NIOHTTPTypes
 
 /// Where the hub sends a subscriber's deliveries: a buffer an in-process reader drains (``Mailbox``), or the socket of
@@ -182,6 +183,19 @@ final class SocketOutlet: Sendable {
             promise?.succeed()
             return
         }
+        // HTTP/1.1: the frames framed as chunks here, and written below the response encoder, which would otherwise
+        // frame them once per stream through three more handlers and three writes.
+        if let encoder = handler.value.belowResponseEncoder() {
+            let chunks = SSEFrame.chunked(frames, allocator: context.channel.allocator)
+            guard !chunks.isEmpty else {
+                promise?.succeed()
+                return
+            }
+            for (index, chunk) in chunks.enumerated() {
+                encoder.write(NIOAny(IOData.byteBuffer(chunk)), promise: index == chunks.count - 1 ? promise : nil)
+            }
+            return
+        }
         let buffers = SSEFrame.coalesced(frames)
         for (index, buffer) in buffers.enumerated() {
             context.write(handler.value.wrapOutboundOut(.body(buffer)), promise: index == buffers.count - 1 ? promise : nil)
@@ -205,6 +219,12 @@ final class StreamSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext?
     /// The stream the connection carries now, if any.
     private var current: SocketOutlet?
+    /// Whether the response now being written is framed in chunks by NIO's HTTP/1.1 encoder: HTTP/1.1 (the codec
+    /// above it always answers as 1.1) with a body and no `Content-Length`, as a stream's is.
+    private var responseIsChunked = false
+    /// NIO's HTTP/1.1 response encoder's context, once looked up (`.some(nil)`: this pipeline has none, an HTTP/2
+    /// stream's).
+    private var responseEncoder: ChannelHandlerContext??
 
     init() {}
 
@@ -213,6 +233,26 @@ final class StreamSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         current?.clientLeft()
         self.context = nil
+        responseEncoder = nil
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .head(let head) = unwrapOutboundIn(data) {
+            let code = head.status.code
+            responseIsChunked = code >= 200 && code != 204 && code != 304 && head.headerFields[.contentLength] == nil
+        }
+        context.write(data, promise: promise)
+    }
+
+    /// Where a stream writes frames it framed as chunks itself: the context of NIO's HTTP/1.1 response encoder, so that
+    /// they go on to the socket from there. Nil on an HTTP/2 stream, or when the response is not chunked; the frames
+    /// then go through the codecs as response body parts.
+    func belowResponseEncoder() -> ChannelHandlerContext? {
+        guard responseIsChunked, let context else { return nil }
+        if responseEncoder == nil {
+            responseEncoder = .some(try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self))
+        }
+        return responseEncoder ?? nil
     }
 
     /// Makes `outlet` the connection's stream (one at a time: a later one replaces it).
