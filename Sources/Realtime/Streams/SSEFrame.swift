@@ -38,54 +38,56 @@ public enum SSEFrame {
     }
 
     /// Frames joined into as few buffers as possible, each at most `limit` bytes unless one frame alone is larger, so
-    /// that a burst goes out as one chunk of the response and one write, not one per frame. One frame is returned as is.
+    /// that a burst goes out as one chunk of the response and one write, not one per frame. A frame on its own is
+    /// returned as is.
     static func coalesced(_ frames: [ByteBuffer], limit: Int = 64 * 1024) -> [ByteBuffer] {
         guard frames.count > 1 else { return frames }
         var joined: [ByteBuffer] = []
-        var current: ByteBuffer?
-        for frame in frames {
-            if var buffer = current, buffer.readableBytes + frame.readableBytes <= limit {
-                current = nil  // keeps the buffer uniquely referenced, so the write below does not copy it
-                buffer.writeImmutableBuffer(frame)
-                current = buffer
-                continue
+        forEachRun(of: frames, limit: limit) { run, size in
+            guard run.count > 1, let first = run.first else {
+                joined.append(contentsOf: run)
+                return
             }
-            if let buffer = current { joined.append(buffer) }
-            var buffer = ByteBufferAllocator().buffer(capacity: min(limit, max(frame.readableBytes, 4096)))
-            buffer.writeImmutableBuffer(frame)
-            current = buffer
+            var buffer = ByteBufferAllocator().buffer(capacity: size)
+            buffer.writeImmutableBuffer(first)
+            for frame in run.dropFirst() { buffer.writeImmutableBuffer(frame) }
+            joined.append(buffer)
         }
-        if let buffer = current { joined.append(buffer) }
         return joined
     }
 
     /// The frames as HTTP/1.1 chunks, ready to write below the response encoder: joined like ``coalesced(_:limit:)``,
-    /// each buffer framed as one chunk, `<size in hex>\r\n<bytes>\r\n`. Empty frames are left out, since an empty chunk
-    /// would end the response. Every chunk is a buffer of its own (the frames are copied into it), so that a delivery
-    /// is one write and one entry of the socket's `writev`, not three.
+    /// each buffer framed as one chunk, `<size in hex>\r\n<bytes>\r\n`. No chunk is empty, since an empty chunk would
+    /// end the response. Every chunk is a buffer of its own (the frames are copied into it), so that a delivery is one
+    /// write and one entry of the socket's `writev`, not three.
     static func chunked(_ frames: [ByteBuffer], limit: Int = 64 * 1024, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> [ByteBuffer] {
         var chunks: [ByteBuffer] = []
-        var group: [ByteBuffer] = []
-        var size = 0
-        func close() {
-            guard size > 0 else { return }
+        forEachRun(of: frames, limit: limit) { run, size in
             let header = String(size, radix: 16)
             var chunk = allocator.buffer(capacity: header.utf8.count + size + 4)
             chunk.writeString(header)
             chunk.writeStaticString("\r\n")
-            for frame in group { chunk.writeImmutableBuffer(frame) }
+            for frame in run { chunk.writeImmutableBuffer(frame) }
             chunk.writeStaticString("\r\n")
             chunks.append(chunk)
-            group.removeAll(keepingCapacity: true)
-            size = 0
         }
-        for frame in frames where frame.readableBytes > 0 {
-            if size > 0, size + frame.readableBytes > limit { close() }
-            group.append(frame)
+        return chunks
+    }
+
+    /// Calls `body` with consecutive runs of `frames` of at most `limit` bytes (a frame larger than that is a run of its
+    /// own) and each run's size; a run is never empty of bytes (empty frames ride along with their neighbours, or are
+    /// left out when nothing else is there).
+    private static func forEachRun(of frames: [ByteBuffer], limit: Int, _ body: (ArraySlice<ByteBuffer>, Int) -> Void) {
+        var start = 0
+        var size = 0
+        for (index, frame) in frames.enumerated() {
+            if size > 0, size + frame.readableBytes > limit {
+                body(frames[start..<index], size)
+                (start, size) = (index, 0)
+            }
             size += frame.readableBytes
         }
-        close()
-        return chunks
+        if size > 0 { body(frames[start...], size) }
     }
 
     /// The same frame with another `id:` line (a frame made by ``change(_:channels:)`` starts with its id line).

@@ -183,22 +183,21 @@ final class SocketOutlet: Sendable {
             promise?.succeed()
             return
         }
-        // HTTP/1.1: the frames framed as chunks here, and written below the response encoder, which would otherwise
-        // frame them once per stream through three more handlers and three writes.
-        if let encoder = handler.value.belowResponseEncoder() {
-            let chunks = SSEFrame.chunked(frames, allocator: context.channel.allocator)
-            guard !chunks.isEmpty else {
-                promise?.succeed()
-                return
-            }
-            for (index, chunk) in chunks.enumerated() {
-                encoder.write(NIOAny(IOData.byteBuffer(chunk)), promise: index == chunks.count - 1 ? promise : nil)
-            }
+        // HTTP/1.1: framed as chunks here and written below the response encoder, which would otherwise frame them once
+        // per stream through three more handlers and three writes. HTTP/2: body parts, through the stream's codec.
+        let encoder = handler.value.belowResponseEncoder()
+        let buffers = encoder == nil ? SSEFrame.coalesced(frames) : SSEFrame.chunked(frames, allocator: context.channel.allocator)
+        guard !buffers.isEmpty else {
+            promise?.succeed()
             return
         }
-        let buffers = SSEFrame.coalesced(frames)
         for (index, buffer) in buffers.enumerated() {
-            context.write(handler.value.wrapOutboundOut(.body(buffer)), promise: index == buffers.count - 1 ? promise : nil)
+            let written = index == buffers.count - 1 ? promise : nil
+            if let encoder {
+                encoder.write(NIOAny(IOData.byteBuffer(buffer)), promise: written)
+            } else {
+                context.write(handler.value.wrapOutboundOut(.body(buffer)), promise: written)
+            }
         }
     }
 
@@ -219,9 +218,6 @@ final class StreamSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext?
     /// The stream the connection carries now, if any.
     private var current: SocketOutlet?
-    /// Whether the response now being written is framed in chunks by NIO's HTTP/1.1 encoder: HTTP/1.1 (the codec
-    /// above it always answers as 1.1) with a body and no `Content-Length`, as a stream's is.
-    private var responseIsChunked = false
     /// NIO's HTTP/1.1 response encoder's context, once looked up (`.some(nil)`: this pipeline has none, an HTTP/2
     /// stream's).
     private var responseEncoder: ChannelHandlerContext??
@@ -236,19 +232,12 @@ final class StreamSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
         responseEncoder = nil
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .head(let head) = unwrapOutboundIn(data) {
-            let code = head.status.code
-            responseIsChunked = code >= 200 && code != 204 && code != 304 && head.headerFields[.contentLength] == nil
-        }
-        context.write(data, promise: promise)
-    }
-
     /// Where a stream writes frames it framed as chunks itself: the context of NIO's HTTP/1.1 response encoder, so that
-    /// they go on to the socket from there. Nil on an HTTP/2 stream, or when the response is not chunked; the frames
-    /// then go through the codecs as response body parts.
+    /// they go on to the socket from there. The encoder frames a stream's answer in chunks, as the frames assume: the
+    /// codec above it answers as HTTP/1.1, and a stream's head has a body and no `Content-Length`. Nil on an HTTP/2
+    /// stream, whose frames go through its codec as body parts.
     func belowResponseEncoder() -> ChannelHandlerContext? {
-        guard responseIsChunked, let context else { return nil }
+        guard let context else { return nil }
         if responseEncoder == nil {
             responseEncoder = .some(try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self))
         }
