@@ -46,7 +46,7 @@ struct RealtimeScenario: AsyncParsableCommand {
         let minter = try TokenMinter.load(secretFile: writing.jwtSecretFile)
         let receivers = options.makeGroup()
         let writers = MultiThreadedEventLoopGroup(numberOfThreads: max(1, writerThreads))
-        let http = RestClient.makeHTTPClient(group: writers, connections: max(options.maxInFlight, setupConcurrency))
+        let http = RestClient.makeHTTPClient(group: writers, connections: setupConcurrency)
         let service = RestClient(
             http: http, baseURL: options.url,
             bearerToken: minter.token(subject: "service", role: .serviceRole, lifetime: Int(options.duration) + 3600))

@@ -18,20 +18,17 @@ struct RestClient: Sendable {
         var text: String { String(buffer: body) }
     }
 
-    /// Sends a request; `json` goes as the body with `Content-Type: application/json`. `token` is sent instead of the
-    /// client's own bearer token when given (a write as one editor).
+    /// Sends a request with the client's bearer token; `json` goes as the body with `Content-Type: application/json`.
     func send(
         _ method: HTTPMethod,
         _ path: String,
-        json: String? = nil,
-        contentType: String = "application/json",
-        as token: String? = nil
+        json: String? = nil
     ) async throws -> Answer {
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
-        if let bearer = token ?? bearerToken { request.headers.add(name: "Authorization", value: "Bearer \(bearer)") }
+        if let bearer = bearerToken { request.headers.add(name: "Authorization", value: "Bearer \(bearer)") }
         if let json {
-            request.headers.add(name: "Content-Type", value: contentType)
+            request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(string: json))
         }
         let response = try await http.execute(request, timeout: .seconds(60))

@@ -30,7 +30,7 @@ struct WriteScenario: AsyncParsableCommand {
         let mix = try WriteMix(parsing: writing.mix)
         let minter = try TokenMinter.load(secretFile: writing.jwtSecretFile)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, writerThreads))
-        let http = RestClient.makeHTTPClient(group: group, connections: max(writers, 32))
+        let http = RestClient.makeHTTPClient(group: group, connections: 32)  // the setup's requests; the writes have their own
         let lifetime = Int(options.duration) + 3600
         let service = RestClient(
             http: http, baseURL: options.url, bearerToken: minter.token(subject: "service", role: .serviceRole, lifetime: lifetime))
