@@ -595,6 +595,8 @@ class Suite:
         wait_until(lambda: (b.row(task) or {}).get("pending") is False, 5, "B's edit is confirmed")
         a.set_offline(False)
         wait_until(lambda: (a.row(task) or {}).get("title") == "B's later edit", 10, "A takes the server's (later) row")
+        # B's row can reach A on its stream before the answer (409) to A's queued edit does: the mark follows that answer.
+        wait_until(lambda: (a.row(task) or {}).get("updatedText") == "updated elsewhere", 10, "A's edit answered 409")
         row = a.row(task)
         check(row["updated"] and row["updatedText"] == "updated elsewhere", f"A marks it updated elsewhere: {row}")
         check(not row["pending"], "nothing pending")
